@@ -1,0 +1,154 @@
+"""The ``mme3dr`` command line (typer). Every command has a Python twin; defaults come from mme3dr.defaults."""
+
+from __future__ import annotations
+
+import csv
+import functools
+import json
+import sys
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from mme3dr.defaults import DEFAULTS
+
+app = typer.Typer(help="MME-3DR benchmark toolkit: prompts, generator adapters, asset checks.",
+                  no_args_is_help=True, add_completion=False)
+out = Console()
+err = Console(stderr=True)
+
+USER_ERRORS = (ValueError, KeyError, TypeError, FileNotFoundError, ImportError, PermissionError)
+
+
+def friendly_errors(fn):
+    """Turn user errors (bad names, files, arguments) into one red line and exit code 2."""
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except USER_ERRORS as exc:
+            msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
+            err.print(f"[red]error:[/red] {msg}", highlight=False, markup=True)
+            raise typer.Exit(2) from None
+    return wrapper
+
+
+class PromptFormat(str, Enum):
+    table = "table"
+    csv = "csv"
+    jsonl = "jsonl"
+
+
+CategoryOpt = Annotated[Optional[list[str]], typer.Option(
+    "--category", "-c", help="Category key or name (repeatable), e.g. spatial, world-knowledge.")]
+LimitOpt = Annotated[Optional[int], typer.Option(
+    "--limit", "-n", min=1, help="Keep N prompts in total, spread evenly over the categories.")]
+SourceOpt = Annotated[Optional[str], typer.Option(
+    "--source", help="Prompt file (.jsonl/.json), dataset folder or hub id; default: the packaged 249.")]
+
+
+@app.command()
+@friendly_errors
+def prompts(category: CategoryOpt = None, limit: LimitOpt = None, source: SourceOpt = None,
+            format: Annotated[PromptFormat, typer.Option("--format", "-f", help="Output format.")] = PromptFormat.table) -> None:
+    """List the benchmark prompts (filter by category; table, csv or jsonl)."""
+    from mme3dr.data import load_benchmark
+
+    bench = load_benchmark(categories=category, limit=limit, source=source)
+    if format is PromptFormat.jsonl:
+        for r in bench:
+            sys.stdout.write(json.dumps(r.to_dict(), ensure_ascii=False) + "\n")
+    elif format is PromptFormat.csv:
+        w = csv.writer(sys.stdout)
+        w.writerow(["id", "category", "object_class", "source", "prompt", "n_checks"])
+        for r in bench:
+            w.writerow([r.id, r.category, r.object_class, r.source, r.prompt, len(r.checklist)])
+    else:
+        t = Table(title=f"{len(bench)} prompts ({bench.source})")
+        for col in ("id", "category", "class", "src", "prompt", "checks"):
+            t.add_column(col, overflow="fold")
+        for r in bench:
+            t.add_row(r.id, r.category, r.object_class, r.source, r.prompt, str(len(r.checklist)))
+        out.print(t)
+        out.print("  ".join(f"{k}: {n}" for k, n in bench.counts().items()))
+
+
+@app.command()
+@friendly_errors
+def models() -> None:
+    """List the registered generator adapters (built-in and from installed plug-ins)."""
+    from mme3dr.adapters import GENERATORS, describe
+
+    t = Table(title="registered models (use with --model NAME)")
+    for col in ("name", "origin", "target", "description"):
+        t.add_column(col, overflow="fold")
+    for name in GENERATORS.names():
+        try:
+            desc = describe(name)
+        except ImportError as exc:
+            desc = f"[red]cannot import: {exc}[/red]"
+        t.add_row(name, GENERATORS.origin(name), GENERATORS.target_string(name), desc)
+    out.print(t)
+
+
+@app.command()
+@friendly_errors
+def generate(
+    model: Annotated[str, typer.Option("--model", "-m", help="Registered model name (see `mme3dr models`).")],
+    out_dir: Annotated[Path, typer.Option("--out", "-o", help="Run folder (created; re-running resumes).")],
+    model_arg: Annotated[Optional[list[str]], typer.Option(
+        "--model-arg", "-a", help="key=value passed to the model (repeatable).")] = None,
+    category: CategoryOpt = None, limit: LimitOpt = None, source: SourceOpt = None,
+    seed: Annotated[int, typer.Option("--seed", help="Seed given to the generator.")] = DEFAULTS.seed,
+    progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+) -> None:
+    """Generate an asset for every prompt into RUN/assets and log each outcome in RUN/generations.jsonl.
+
+    A prompt whose generation fails or times out is recorded with its error and the run goes on. Exit code 0
+    when at least one asset was produced (failures are listed in the summary), 1 when none was.
+    """
+    from mme3dr.adapters import ModelSpec, create_generator, parse_model_args
+    from mme3dr.data import load_benchmark
+    from mme3dr.generation import generate_run
+
+    args = parse_model_args(model_arg or [])
+    generator = create_generator(model, **args)
+    bench = load_benchmark(categories=category, limit=limit, source=source)
+    summary = generate_run(generator, bench, out_dir, seed=seed, model_spec=ModelSpec(model, args), progress=progress)
+    for line in summary.lines():
+        err.print(line, highlight=False, markup=False, soft_wrap=True)
+    if summary.generated + summary.skipped == 0:
+        raise typer.Exit(1)
+
+
+@app.command()
+@friendly_errors
+def validate(run: Annotated[Path, typer.Argument(help="Run folder written by `mme3dr generate`.")],
+             progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True) -> None:
+    """Check every asset of a run (readable, has faces, finite, sane size); exit 1 if any has a problem."""
+    from mme3dr.validation import validate_run
+
+    reports = validate_run(run, progress=progress)
+    bad = [r for r in reports if not r.ok]
+    if bad:
+        t = Table(title=f"{len(bad)} of {len(reports)} assets have problems")
+        for col in ("prompt", "reason", "message"):
+            t.add_column(col, overflow="fold")
+        for r in bad:
+            t.add_row(r.prompt_id, r.reason or "", r.message or "")
+        out.print(t)
+    ok = len(reports) - len(bad)
+    textured = sum(r.has_texture for r in reports)
+    coloured = sum(r.has_vertex_colors for r in reports)
+    out.print(f"{ok}/{len(reports)} assets valid ({textured} textured, {coloured} vertex-coloured); "
+              f"details in {Path(run) / DEFAULTS.validation_file}")
+    if bad:
+        raise typer.Exit(1)
+
+
+if __name__ == "__main__":
+    app()

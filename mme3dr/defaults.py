@@ -1,0 +1,37 @@
+"""The one source of defaults: the CLI and the Python API both read these values.
+
+Change a default here and every entry point follows; nothing else in the package hard-codes them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Defaults:
+    #: Seed passed to every generator request unless the user gives one.
+    seed: int = 0
+    #: Wall-clock limit for one prompt of the ``command`` adapter (seconds).
+    command_timeout_s: float = 600.0
+    #: File extension the ``command`` adapter asks the program to write (``{output}``).
+    command_output_ext: str = "glb"
+    #: Up axis assumed for assets whose adapter does not declare one (Toys4K and our cameras are z-up).
+    up_axis: str = "+z"
+    #: After normalisation the asset's bounding box is centred and its largest extent is ``2 * half_extent``.
+    normalised_half_extent: float = 0.5
+    #: Validation: a mesh whose largest extent is below this is degenerate (reason ``absurd_size``).
+    min_extent: float = 1e-6
+    #: Validation: a mesh whose largest extent is above this (in file units) is absurd (reason ``absurd_size``).
+    max_extent: float = 1e5
+    #: Validation: more faces than this is refused (reason ``too_many_faces``); renders would take minutes.
+    max_faces: int = 10_000_000
+    #: Name of the per-run generation log (one JSON object per prompt).
+    generations_file: str = "generations.jsonl"
+    #: Name of the per-run validation log written by ``mme3dr validate``.
+    validation_file: str = "validation.jsonl"
+    #: Sub-folder of a run that receives generated assets, one folder per prompt id.
+    assets_dir: str = "assets"
+
+
+DEFAULTS = Defaults()
