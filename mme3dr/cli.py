@@ -16,7 +16,7 @@ from rich.table import Table
 
 from mme3dr.defaults import DEFAULTS
 
-app = typer.Typer(help="MME-3DR benchmark toolkit: prompts, generator adapters, asset checks.",
+app = typer.Typer(help="MME-3DR benchmark toolkit: prompts, generator adapters, asset checks, renders.",
                   no_args_is_help=True, add_completion=False)
 out = Console()
 err = Console(stderr=True)
@@ -148,6 +148,94 @@ def validate(run: Annotated[Path, typer.Argument(help="Run folder written by `mm
               f"details in {Path(run) / DEFAULTS.validation_file}")
     if bad:
         raise typer.Exit(1)
+
+
+PresetOpt = Annotated[str, typer.Option("--preset", "-p", help="Render preset (see `mme3dr presets`).")]
+WorkersOpt = Annotated[int, typer.Option("--workers", "-j", min=1, help="Rendering processes.")]
+BackendOpt = Annotated[Optional[str], typer.Option(
+    "--backend", help="OpenGL backend: egl or osmesa (default: auto, or MME3DR_GL_BACKEND).")]
+
+
+def _preset(name: str, background: str | None = None, resolution: int | None = None):
+    from mme3dr.render.presets import get_preset
+
+    return get_preset(name).with_overrides(background=background, resolution=resolution)
+
+
+@app.command()
+@friendly_errors
+def presets() -> None:
+    """List the render presets with their hashes and parameters."""
+    from mme3dr.render.presets import PRESETS
+
+    t = Table(title="render presets (folder name = <name>-<hash>)")
+    for col in ("name", "hash", "views", "res", "fov", "background", "shading", "double-sided"):
+        t.add_column(col)
+    for name in PRESETS.names():
+        p = PRESETS.get(name)
+        views = "from --cameras" if p.cameras == "file" else f"{p.n_views if p.cameras != 'yaw-elevation' else len(p.views_deg)} {p.cameras}"
+        t.add_row(name, p.hash, views, str(p.resolution), f"{p.fov_deg:g}", p.background, p.shading, str(p.double_sided))
+    out.print(t)
+
+
+@app.command()
+@friendly_errors
+def render(
+    target: Annotated[Path, typer.Argument(help="A run folder (renders every asset) or one mesh file.")],
+    preset: PresetOpt = "canonical",
+    out_dir: Annotated[Optional[Path], typer.Option("--out", "-o", help="Output folder (required for one mesh).")] = None,
+    cameras: Annotated[Optional[Path], typer.Option(
+        "--cameras", help="transforms.json to render from (or, for a run, a folder of <prompt_id>/transforms.json).")] = None,
+    background: Annotated[Optional[str], typer.Option(help="Override: transparent, white or black.")] = None,
+    resolution: Annotated[Optional[int], typer.Option(min=8, help="Override the preset's resolution.")] = None,
+    up_axis: Annotated[str, typer.Option(help="Up axis of a single mesh file (runs use each record's).")] = DEFAULTS.up_axis,
+    depth: Annotated[bool, typer.Option(help="Also write depth.npz.")] = False,
+    normals: Annotated[bool, typer.Option(help="Also write NNN_normal.png.")] = False,
+    workers: WorkersOpt = 1, backend: BackendOpt = None,
+    progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+) -> None:
+    """Render multi-view images: a run into RUN/renders/<preset>-<hash>/<prompt_id>/, or one mesh into --out."""
+    from mme3dr.defaults import DEFAULTS as D
+    from mme3dr.render.runs import render_asset, render_run
+
+    p = _preset(preset, background, resolution)
+    if target.is_dir() and (target / D.generations_file).exists():
+        summary = render_run(target, p, cameras, workers, backend, depth, normals, progress)
+    elif target.is_file():
+        if out_dir is None:
+            raise ValueError("rendering one mesh needs --out DIR")
+        summary = render_asset(target, out_dir, p, cameras, up_axis, backend, depth, normals)
+    else:
+        raise FileNotFoundError(f"{target} is neither a run folder (with {D.generations_file}) nor a mesh file")
+    for line in summary.lines():
+        err.print(line, highlight=False, markup=False, soft_wrap=True)
+    if summary.failed and not (summary.rendered + summary.skipped):
+        raise typer.Exit(1)
+
+
+references_app = typer.Typer(help="Reference render sets for Kernel/Frechet distances.", no_args_is_help=True)
+app.add_typer(references_app, name="references")
+
+
+@references_app.command("build")
+@friendly_errors
+def references_build(
+    out_dir: Annotated[Path, typer.Option("--out", "-o", help="Reference folder (REF).")],
+    meshes: Annotated[Optional[Path], typer.Option(help="Folder of reference meshes (<category>/<mesh> or flat).")] = None,
+    toys4k: Annotated[Optional[Path], typer.Option(help="Toys4K folder of meshes (<class>/<object>/<mesh>).")] = None,
+    toys4k_csv: Annotated[Optional[Path], typer.Option(help="TRELLIS-500K's Toys4k.csv.")] = None,
+    preset: PresetOpt = "canonical",
+    up_axis: Annotated[str, typer.Option(help="Up axis of the reference meshes (Toys4K: +z).")] = "+z",
+    workers: WorkersOpt = 1, backend: BackendOpt = None,
+    progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+) -> None:
+    """Render reference meshes with a preset into REF/<preset>-<hash>/ and record them in reference.json."""
+    from mme3dr.render.references import build_references
+
+    summary = build_references(out_dir, _preset(preset), meshes, toys4k, toys4k_csv, up_axis, workers, backend,
+                               progress)
+    for line in summary.lines():
+        err.print(line, highlight=False, markup=False, soft_wrap=True)
 
 
 if __name__ == "__main__":

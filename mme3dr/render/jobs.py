@@ -1,0 +1,147 @@
+"""Render many assets: resumable, in one process or several, every outcome recorded.
+
+A job renders one asset into its own folder. A folder whose ``render.json`` has the same preset hash and asset
+sha256 is up to date and skipped, so an interrupted command resumes where it stopped. A bad asset or camera file
+fails its job only: the error (with the asset reason code) goes to the index file and the rest goes on.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tqdm.auto import tqdm
+
+from mme3dr.assets import AssetError, load_asset
+from mme3dr.defaults import DEFAULTS
+from mme3dr.jsonl import append_jsonl, read_jsonl, write_jsonl
+from mme3dr.render.cameras import CameraSet, read_transforms
+from mme3dr.render.output import file_sha256, read_render_record, write_render
+from mme3dr.render.presets import RenderPreset
+
+INDEX_FILE = "renders.jsonl"
+
+
+@dataclass(frozen=True)
+class RenderJob:
+    key: str  # prompt id or reference object id
+    asset_path: str
+    folder: str
+    up_axis: str = DEFAULTS.up_axis
+    cameras_path: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict, hash=False)
+
+
+@dataclass
+class RenderJobResult:
+    key: str
+    ok: bool
+    folder: str
+    error: str | None = None
+    reason: str | None = None  # AssetError reason code, "cameras" or "render"
+    seconds: float = 0.0
+    skipped: bool = False
+
+
+def resolve_cameras(cameras: Path | str | None, key: str) -> str | None:
+    """A transforms.json for ``key``: the file itself, or ``DIR/<key>/transforms.json`` / ``DIR/<key>.json``."""
+    if cameras is None:
+        return None
+    path = Path(cameras)
+    if path.is_dir():
+        for cand in (path / key / "transforms.json", path / f"{key}.json"):
+            if cand.is_file():
+                return str(cand)
+        return str(path / key / "transforms.json")  # missing: the job reports it
+    return str(path)
+
+
+def _up_to_date(job: RenderJob, preset: RenderPreset, sha: str) -> bool:
+    rec = read_render_record(Path(job.folder))
+    return bool(rec) and rec.get("preset_hash") == preset.hash and rec.get("asset_sha256") == sha and \
+        rec.get("cameras") == job.cameras_path
+
+
+def render_one(job: RenderJob, preset: RenderPreset, renderer, depth: bool = False,
+               normals: bool = False) -> RenderJobResult:
+    """Render one job with an open :class:`~mme3dr.render.renderer.Renderer`; never raises for bad input."""
+    start = time.perf_counter()
+    try:
+        sha = file_sha256(job.asset_path)
+    except OSError as exc:
+        return RenderJobResult(job.key, False, job.folder, f"cannot read asset: {exc}", "missing")
+    if _up_to_date(job, preset, sha):
+        return RenderJobResult(job.key, True, job.folder, skipped=True)
+    try:
+        asset = load_asset(job.asset_path, up_axis=job.up_axis)
+    except AssetError as exc:
+        return RenderJobResult(job.key, False, job.folder, exc.message, exc.reason, time.perf_counter() - start)
+    cams: CameraSet | None = None
+    if job.cameras_path is not None:
+        try:
+            cams = read_transforms(job.cameras_path)
+        except ValueError as exc:
+            return RenderJobResult(job.key, False, job.folder, str(exc), "cameras", time.perf_counter() - start)
+    try:
+        out = renderer.render(asset, preset, cameras=cams, depth=depth, normals=normals)
+        seconds = time.perf_counter() - start
+        write_render(Path(job.folder), out, preset, {
+            "key": job.key, "asset": job.asset_path, "asset_sha256": sha, "up_axis": job.up_axis,
+            "cameras": job.cameras_path, "seconds": round(seconds, 4), **job.extra})
+    except ValueError as exc:  # e.g. a preset that needs --cameras
+        return RenderJobResult(job.key, False, job.folder, str(exc), "cameras", time.perf_counter() - start)
+    except Exception as exc:  # a GL or writing failure for one asset must not stop the others
+        return RenderJobResult(job.key, False, job.folder, f"{type(exc).__name__}: {exc}", "render",
+                               time.perf_counter() - start)
+    return RenderJobResult(job.key, True, job.folder, seconds=seconds)
+
+
+_worker: dict[str, Any] = {}
+
+
+def _init_worker(preset: RenderPreset, backend: str | None, depth: bool, normals: bool) -> None:
+    from mme3dr.render.renderer import get_renderer
+
+    _worker.update(renderer=get_renderer(backend), preset=preset, depth=depth, normals=normals)
+
+
+def _work(job: RenderJob) -> RenderJobResult:
+    return render_one(job, _worker["preset"], _worker["renderer"], _worker["depth"], _worker["normals"])
+
+
+def run_jobs(jobs: Sequence[RenderJob], preset: RenderPreset, index: Path | None = None, workers: int = 1,
+             backend: str | None = None, depth: bool = False, normals: bool = False, progress: bool = True,
+             desc: str = "render") -> list[RenderJobResult]:
+    """Render every job; each result is appended to ``index`` as soon as it is known (then compacted)."""
+    results: list[RenderJobResult] = []
+    bar = tqdm(total=len(jobs), desc=desc, unit="asset", disable=not progress or not jobs)
+
+    def record(res: RenderJobResult) -> None:
+        results.append(res)
+        if index is not None:
+            append_jsonl(index, asdict(res))
+        bar.update(1)
+        bar.set_postfix(failed=sum(not r.ok for r in results))
+
+    if index is not None:
+        index.parent.mkdir(parents=True, exist_ok=True)
+    if workers <= 1 or len(jobs) <= 1:
+        from mme3dr.render.renderer import get_renderer
+
+        renderer = get_renderer(backend)
+        for job in jobs:
+            record(render_one(job, preset, renderer, depth, normals))
+    else:
+        ctx = mp.get_context("spawn")  # EGL/OSMesa contexts do not survive fork
+        with ctx.Pool(workers, initializer=_init_worker, initargs=(preset, backend, depth, normals)) as pool:
+            for res in pool.imap_unordered(_work, jobs):
+                record(res)
+    bar.close()
+    if index is not None:  # one line per key, latest wins
+        latest = {r["key"]: r for r in read_jsonl(index)}
+        write_jsonl(index, latest.values())
+    return results

@@ -1,0 +1,66 @@
+"""Render the assets of a run, or one asset file."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from mme3dr.defaults import DEFAULTS
+from mme3dr.generation import read_generations
+from mme3dr.render.jobs import INDEX_FILE, RenderJob, RenderJobResult, resolve_cameras, run_jobs
+from mme3dr.render.presets import RenderPreset
+
+RENDERS_DIR = "renders"
+
+
+@dataclass
+class RenderSummary:
+    folder: Path
+    rendered: int
+    skipped: int
+    failed: list[RenderJobResult]
+    not_generated: list[str]
+
+    def lines(self) -> list[str]:
+        out = [f"{self.rendered} rendered, {self.skipped} up to date, {len(self.failed)} failed, "
+               f"{len(self.not_generated)} without an asset -> {self.folder}"]
+        out += [f"  FAILED {r.key} [{r.reason}]: {r.error}" for r in self.failed]
+        return out
+
+
+def summarise(folder: Path, results: list[RenderJobResult], not_generated: list[str]) -> RenderSummary:
+    return RenderSummary(folder, rendered=sum(r.ok and not r.skipped for r in results),
+                         skipped=sum(r.skipped for r in results), failed=[r for r in results if not r.ok],
+                         not_generated=not_generated)
+
+
+def render_run(run_dir: Path | str, preset: RenderPreset, cameras: Path | str | None = None, workers: int = 1,
+               backend: str | None = None, depth: bool = False, normals: bool = False,
+               progress: bool = True) -> RenderSummary:
+    """Render every generated asset of a run into ``RUN/renders/<preset>-<hash>/<prompt_id>/``."""
+    run_dir = Path(run_dir)
+    records = read_generations(run_dir)
+    if not records:
+        raise FileNotFoundError(f"{run_dir / DEFAULTS.generations_file} is missing or empty; "
+                                "run `mme3dr generate ... --out RUN` first")
+    folder = run_dir / RENDERS_DIR / preset.tag
+    jobs, not_generated = [], []
+    for pid, rec in records.items():
+        asset = rec.resolved_asset(run_dir)
+        if not rec.ok or asset is None:
+            not_generated.append(pid)
+            continue
+        jobs.append(RenderJob(pid, str(asset), str(folder / pid), rec.up_axis, resolve_cameras(cameras, pid),
+                              {"category": rec.category}))
+    results = run_jobs(jobs, preset, folder / INDEX_FILE, workers, backend, depth, normals, progress)
+    return summarise(folder, results, not_generated)
+
+
+def render_asset(asset: Path | str, out_dir: Path | str, preset: RenderPreset, cameras: Path | str | None = None,
+                 up_axis: str = DEFAULTS.up_axis, backend: str | None = None, depth: bool = False,
+                 normals: bool = False) -> RenderSummary:
+    """Render one mesh file into ``out_dir`` (views, transforms.json, contact sheet, render.json)."""
+    out_dir = Path(out_dir)
+    job = RenderJob(Path(asset).stem, str(Path(asset).resolve()), str(out_dir), up_axis,
+                    None if cameras is None else str(cameras))
+    return summarise(out_dir, run_jobs([job], preset, None, 1, backend, depth, normals, progress=False), [])
