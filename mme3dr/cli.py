@@ -213,6 +213,41 @@ def render(
         raise typer.Exit(1)
 
 
+@app.command()
+@friendly_errors
+def score(
+    run: Annotated[Path, typer.Argument(help="Run folder (generated, and rendered with --preset).")],
+    metrics: Annotated[str, typer.Option("--metrics", "-m", help="Comma-separated: clip, kid, fid, kid_dinov2, "
+                                         "fid_dinov2, vlm, geometry, ar3d_compat_clip, ar3d_compat_kd.")] = "clip,geometry",
+    reference: Annotated[Optional[Path], typer.Option(help="Reference set (from `mme3dr references build`).")] = None,
+    preset: PresetOpt = "canonical",
+    device: Annotated[Optional[str], typer.Option(help="torch device (default: cuda if available).")] = None,
+    batch_size: Annotated[int, typer.Option(min=1, help="Images per forward pass.")] = DEFAULTS.batch_size,
+    clip_model: Annotated[str, typer.Option(help="open_clip model name.")] = DEFAULTS.clip_model,
+    clip_pretrained: Annotated[str, typer.Option(help="open_clip pretrained tag.")] = DEFAULTS.clip_pretrained,
+    clip_weights: Annotated[Optional[str], typer.Option(help="Local CLIP checkpoint file.")] = None,
+    inception_weights: Annotated[Optional[str], typer.Option(help="Local Inception-v3 (torch-fidelity) weights.")] = None,
+    dinov2_model: Annotated[str, typer.Option(help="DINOv2 hub id or local folder.")] = "facebook/dinov2-base",
+    vlm_model: Annotated[str, typer.Option(help="Qwen2-VL/Qwen2.5-VL hub id or local folder.")] = DEFAULTS.vlm_model,
+    vlm_server: Annotated[Optional[str], typer.Option(help="OpenAI-compatible server URL (e.g. vLLM) instead.")] = None,
+    progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
+) -> None:
+    """Score a run: per-prompt records to RUN/scores.jsonl, set metrics to RUN/set_scores.json.
+
+    Weights come from --*-weights/--*-model paths, then $MME3DR_WEIGHTS, then the hub; a missing weight stops with
+    a message saying how to provide it.
+    """
+    import os
+
+    from mme3dr.metrics.scoring import ScoreOptions, score_run
+
+    options = ScoreOptions(device, batch_size, clip_model, clip_pretrained, clip_weights, inception_weights,
+                           dinov2_model, vlm_model, vlm_server, os.environ.get("MME3DR_VLM_API_KEY"))
+    summary = score_run(run, metrics.split(","), _preset(preset), reference, options, progress)
+    for line in summary.lines():
+        err.print(line, highlight=False, markup=False, soft_wrap=True)
+
+
 references_app = typer.Typer(help="Reference render sets for Kernel/Frechet distances.", no_args_is_help=True)
 app.add_typer(references_app, name="references")
 

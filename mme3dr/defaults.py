@@ -32,6 +32,23 @@ class Defaults:
     validation_file: str = "validation.jsonl"
     #: Sub-folder of a run that receives generated assets, one folder per prompt id.
     assets_dir: str = "assets"
+    #: Environment variable naming a folder of model weights (see mme3dr.metrics.weights).
+    weights_env: str = "MME3DR_WEIGHTS"
+    #: CLIP backbone of the released evaluation code: OpenAI ViT-B/32.
+    clip_model: str = "ViT-B-32"
+    clip_pretrained: str = "openai"
+    #: Images per forward pass for feature extractors (does not change any score).
+    batch_size: int = 32
+    #: VLM judge: model id (or local path) and how many evenly spaced views go into one query.
+    vlm_model: str = "Qwen/Qwen2.5-VL-7B-Instruct"
+    vlm_views: int = 6
+    vlm_max_new_tokens: int = 256
+    #: OpenAI-compatible VLM server: seconds per request and attempts per query.
+    vlm_timeout_s: float = 120.0
+    vlm_retries: int = 3
+    #: Output files of `mme3dr score`.
+    scores_file: str = "scores.jsonl"
+    set_scores_file: str = "set_scores.json"
 
 
 DEFAULTS = Defaults()

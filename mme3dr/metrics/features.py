@@ -1,0 +1,145 @@
+"""Image feature extractors for Kernel/Frechet distances, and a per-render-preset feature cache.
+
+- ``inception``: torch-fidelity's ``inception-v3-compat`` (the TF-Inception port used for FID/KID), 2048-d pool3
+  features; images resized to 299 inside the extractor. Weights: ``weights=PATH``, else
+  ``$MME3DR_WEIGHTS/pt_inception-2015-12-05-6726825d.pth``, else torch-fidelity's download.
+- ``dinov2``: DINOv2 CLS-token features from transformers' ``Dinov2Model`` (default ``facebook/dinov2-base``,
+  768-d); images resized to 224x224 (bicubic) and normalised with the ImageNet mean/std. (torch-fidelity's own
+  DINOv2 extractor needs torch.hub at run time and cannot load local weights, so it is not used.)
+Images are RGB, renders composited on white. Features are cached in ``<render folder>/features/`` by extractor
+and weights, so a render preset (its folder carries the hash) never reuses another preset's features.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from mme3dr.defaults import DEFAULTS
+from mme3dr.metrics.weights import MissingWeightsError, missing_message, resolve_local
+
+INCEPTION_FILE = "pt_inception-2015-12-05-6726825d.pth"
+DINOV2_MODEL = "facebook/dinov2-base"
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
+class FeatureExtractor(ABC):
+    name: str
+
+    def __init__(self, device: str | None = None, batch_size: int = DEFAULTS.batch_size) -> None:
+        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        self.batch_size = batch_size
+
+    @property
+    @abstractmethod
+    def weights_id(self) -> str:
+        """Identifies the weights (hub id, tag or file name + size) for cache keys and run records."""
+
+    @abstractmethod
+    def _forward(self, images: Sequence[Image.Image]) -> torch.Tensor: ...
+
+    @torch.no_grad()
+    def __call__(self, images: Sequence[Image.Image]) -> np.ndarray:
+        """Features, float64 array (n, d), computed in batches of ``batch_size``."""
+        out = [self._forward(images[i:i + self.batch_size]).double().cpu().numpy()
+               for i in range(0, len(images), self.batch_size)]
+        return np.concatenate(out) if out else np.zeros((0, 0))
+
+
+def _file_id(path: Path) -> str:
+    return f"{path.name}:{path.stat().st_size}" if path.is_file() else str(path)
+
+
+class InceptionFeatures(FeatureExtractor):
+    """2048-d pool3 features of torch-fidelity's Inception-v3 (TF-compatible)."""
+
+    name = "inception"
+
+    def __init__(self, weights: str | Path | None = None, device: str | None = None,
+                 batch_size: int = DEFAULTS.batch_size) -> None:
+        super().__init__(device, batch_size)
+        from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
+
+        self.path = resolve_local(INCEPTION_FILE, weights)
+        try:
+            self.model = FeatureExtractorInceptionV3("inception-v3-compat", ["2048"],
+                                                     feature_extractor_weights_path=None if self.path is None else str(self.path))
+        except Exception as exc:  # offline download or a bad file
+            raise MissingWeightsError(missing_message("Inception-v3", "torch-fidelity inception-v3-compat",
+                                                      INCEPTION_FILE, exc, "--inception-weights")) from exc
+        self.model.to(self.device).eval()
+
+    @property
+    def weights_id(self) -> str:
+        return f"inception-v3-compat:{_file_id(self.path) if self.path else 'torch-fidelity-download'}"
+
+    def _forward(self, images: Sequence[Image.Image]) -> torch.Tensor:
+        x = torch.stack([torch.from_numpy(np.array(im.convert("RGB"))).permute(2, 0, 1) for im in images])
+        return self.model(x.to(self.device))[0]
+
+
+class DinoV2Features(FeatureExtractor):
+    """DINOv2 CLS-token features (last hidden state, token 0) from transformers."""
+
+    name = "dinov2"
+
+    def __init__(self, model: str = DINOV2_MODEL, device: str | None = None,
+                 batch_size: int = DEFAULTS.batch_size) -> None:
+        super().__init__(device, batch_size)
+        from transformers import Dinov2Model
+
+        local = resolve_local(model) if not Path(model).exists() else Path(model)
+        self.source = str(local) if local is not None else model
+        try:
+            self.model = Dinov2Model.from_pretrained(self.source)
+        except Exception as exc:  # offline hub, missing folder
+            raise MissingWeightsError(missing_message("DINOv2", model, model, exc, "--dinov2-model")) from exc
+        self.model.to(self.device).eval()
+        self.model_id = model
+
+    @property
+    def weights_id(self) -> str:
+        return f"dinov2:{self.model_id}"
+
+    def _forward(self, images: Sequence[Image.Image]) -> torch.Tensor:
+        mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
+        std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+        x = torch.stack([torch.from_numpy(np.array(im.convert("RGB").resize((224, 224), Image.BICUBIC)))
+                         .permute(2, 0, 1) for im in images]).float() / 255.0
+        x = ((x - mean) / std).to(self.device)
+        return self.model(pixel_values=x).last_hidden_state[:, 0]
+
+
+class FeatureCache:
+    """Features of rendered views, stored in ``folder/<extractor>-<weights hash>.npz`` keyed by view id."""
+
+    def __init__(self, folder: Path, extractor: FeatureExtractor) -> None:
+        digest = hashlib.sha256(extractor.weights_id.encode()).hexdigest()[:10]
+        self.path = Path(folder) / f"{extractor.name}-{digest}.npz"
+        self.extractor = extractor
+        self._store: dict[str, np.ndarray] = {}
+        if self.path.exists():
+            with np.load(self.path) as data:
+                self._store = dict(zip(data["keys"].tolist(), data["features"]))
+
+    def get(self, keys: Sequence[str], loader) -> np.ndarray:
+        """Features for ``keys``; missing ones are computed from ``loader(key) -> PIL image`` and saved."""
+        missing = [k for k in keys if k not in self._store]
+        if missing:
+            feats = self.extractor([loader(k) for k in missing])
+            self._store.update(zip(missing, feats))
+            self._save()
+        return np.stack([self._store[k] for k in keys]) if keys else np.zeros((0, 0))
+
+    def _save(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        keys = list(self._store)
+        tmp = self.path.with_suffix(".tmp.npz")
+        np.savez(tmp, keys=np.array(keys), features=np.stack([self._store[k] for k in keys]))
+        tmp.replace(self.path)

@@ -1,0 +1,216 @@
+"""Geometry checks of a generated mesh: closedness, parts, floating parts, stability, degenerate faces, shape.
+
+The asset is loaded with :func:`mme3dr.assets.load_asset` into the canonical frame (z-up, bounding box centred,
+largest extent 1), so every length below is in *normalised units* (a fraction of the object's largest extent).
+All sub-meshes are concatenated, then vertices whose coordinates agree after rounding to ``merge_digits``
+decimals (default 6: about 1e-6 normalised units) are merged, and faces that then use one vertex twice
+(collapsed to a point or a segment) are dropped: this is the *merged mesh*. ``tol`` below is ``contact_tol``
+(default 0.01); the *ground* is the lowest z of the merged mesh.
+
+Values, with [direction; unit] (all are floats):
+
+``watertight`` [higher; 0 or 1]
+    1.0 if every edge of the merged mesh is shared by exactly two faces (trimesh ``is_watertight``), else 0.0.
+``components`` [lower, 1 is ideal; a count]
+    Number of connected components of the merged mesh, where faces are connected when they share a vertex
+    (and hence when they share an edge).
+``floating_parts`` [lower, 0 is ideal; a count]
+    Number of components not connected to the ground through a chain of touching components. A component
+    touches the ground when its lowest vertex is at most ``tol`` above the ground. Two components touch when some point of one
+    lies within ``tol`` of some point of the other, the points of each component being its vertices plus its
+    share of ``contact_samples`` area-weighted random surface samples (seeded by ``seed``), thinned to one
+    point per component and cube of side ``tol / 4`` so that the KD-tree work stays bounded for dense meshes.
+    Every point lies on the surface, so a gap wider than ``tol`` is never taken for contact; a contact is
+    missed only if no pair of points lands within ``tol`` of each other, which the sample density makes
+    unlikely for touching faces. Support is transitive: a part resting on a part that stands on the ground is
+    supported, while parts that touch only each other and hover together all count as floating.
+``stable`` [higher; 0 or 1]
+    1.0 if ``stability_margin >= -tol``, else 0.0: the centre of mass, projected on the ground plane, lies inside
+    the support polygon or within ``tol`` of it. The support polygon is the 2D convex hull of the (x, y) of the
+    *support points*, the vertices at most ``tol`` above the ground. With fewer than three non-collinear support
+    points the support is a segment or a point, which has no inside: the object is then stable only when the
+    projected centre of mass is within ``tol`` of that segment or point (a balance on an edge or a tip).
+    The centre of mass is the volume centroid (trimesh ``center_mass``) when the merged mesh is a volume
+    (watertight, consistently wound, positive volume; trimesh ``is_volume``), else the area-weighted centroid
+    of the surface (trimesh ``centroid``).
+``stability_margin`` [higher; normalised units]
+    Signed distance from the projected centre of mass to the boundary of the support polygon: the distance to
+    the nearest boundary edge, positive when inside, negative when outside. For a segment or point support it
+    is minus the distance to that segment or point (never positive).
+``degenerate_faces`` [lower; a fraction in [0, 1]]
+    Fraction of the faces of the concatenated mesh (before merging) whose area is at most ``degenerate_area``
+    (default 1e-10 squared normalised units): faces with a repeated vertex, collinear vertices or slivers.
+``aspect_ratio`` [direction "none": neither larger nor smaller is better; a ratio >= 1]
+    Largest / smallest extent of the axis-aligned bounding box of the merged mesh in the canonical frame, the
+    smallest extent being clamped below at ``min_extent`` (default 1e-3), so a flat sheet reports
+    ``1 / min_extent`` (1000) rather than infinity.
+
+``details`` holds ``extents`` ([x, y, z] of the bounding box), ``n_faces`` (faces before merging), ``com``
+([x, y, z] of the centre of mass used), ``com_kind`` ("volume" or "surface") and ``support`` ("polygon",
+"segment" or "point").
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import numpy as np
+import trimesh
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
+from scipy.spatial import ConvexHull, QhullError, cKDTree
+
+from mme3dr.assets import AssetError, load_asset
+from mme3dr.metrics.base import HIGHER, LOWER, NONE, MetricResult, PromptMetric, ScoreItem
+
+#: Direction of ``aspect_ratio``: neither a larger nor a smaller value is better.
+
+
+class GeometryMetric(PromptMetric):
+    """Mesh sanity and physical plausibility checks; see the module docstring for every definition."""
+
+    name = "geometry"
+    needs = "asset"
+    directions: ClassVar[dict[str, str]] = {
+        "watertight": HIGHER,
+        "components": LOWER,
+        "floating_parts": LOWER,
+        "stable": HIGHER,
+        "stability_margin": HIGHER,
+        "degenerate_faces": LOWER,
+        "aspect_ratio": NONE,
+    }
+
+    def __init__(self, contact_tol: float = 0.01, merge_digits: int = 6, contact_samples: int = 100_000,
+                 degenerate_area: float = 1e-10, min_extent: float = 1e-3, seed: int = 0) -> None:
+        if contact_tol <= 0 or min_extent <= 0:
+            raise ValueError(f"contact_tol ({contact_tol}) and min_extent ({min_extent}) must be positive")
+        self.contact_tol = contact_tol
+        self.merge_digits = merge_digits
+        self.contact_samples = contact_samples
+        self.degenerate_area = degenerate_area
+        self.min_extent = min_extent
+        self.seed = seed
+
+    def config(self) -> dict[str, Any]:
+        return {"contact_tol": self.contact_tol, "merge_digits": self.merge_digits,
+                "contact_samples": self.contact_samples, "degenerate_area": self.degenerate_area,
+                "min_extent": self.min_extent, "seed": self.seed}
+
+    def score(self, item: ScoreItem) -> MetricResult:
+        if item.asset_path is None:
+            raise ValueError(f"{item.prompt_id}: no asset to score")
+        raw = load_asset(item.asset_path, up_axis=item.up_axis).concatenated()
+        mesh = merged_mesh(raw, self.merge_digits)
+        if not mesh.area > 0:
+            raise AssetError("no_faces", "every face has zero area: the mesh is points or lines", item.asset_path)
+        labels = component_labels(mesh)
+        com, com_kind = centre_of_mass(mesh)
+        margin, support = stability_margin(mesh, com, self.contact_tol)
+        extents = np.ptp(mesh.vertices, axis=0)
+        values = {
+            "watertight": float(mesh.is_watertight),
+            "components": float(labels.max() + 1),
+            "floating_parts": float(count_floating(mesh, labels, self.contact_tol, self.contact_samples, self.seed)),
+            "stable": float(margin >= -self.contact_tol),
+            "stability_margin": margin,
+            "degenerate_faces": float(np.mean(raw.area_faces <= self.degenerate_area)),
+            "aspect_ratio": float(extents.max() / max(extents.min(), self.min_extent)),
+        }
+        details = {"extents": extents.tolist(), "n_faces": len(raw.faces), "com": com.tolist(),
+                   "com_kind": com_kind, "support": support}
+        return MetricResult(values=values, details=details)
+
+
+def merged_mesh(mesh: trimesh.Trimesh, digits: int) -> trimesh.Trimesh:
+    """Copy of ``mesh`` with vertices equal after rounding to ``digits`` decimals merged, faces that then repeat
+    a vertex dropped, and unreferenced vertices removed."""
+    out = mesh.copy()
+    out.merge_vertices(merge_tex=True, merge_norm=True, digits_vertex=digits)
+    f = out.faces
+    out.update_faces((f[:, 0] != f[:, 1]) & (f[:, 1] != f[:, 2]) & (f[:, 0] != f[:, 2]))
+    out.remove_unreferenced_vertices()
+    return out
+
+
+def component_labels(mesh: trimesh.Trimesh) -> np.ndarray:
+    """Per-vertex component index 0..n-1 of the graph of mesh edges (every vertex is referenced by a face)."""
+    return trimesh.graph.connected_component_labels(mesh.edges_unique, node_count=len(mesh.vertices))
+
+
+def count_floating(mesh: trimesh.Trimesh, labels: np.ndarray, tol: float, n_samples: int, seed: int) -> int:
+    """Components not connected to the ground through a chain of contacts; see ``floating_parts`` in the module
+    docstring. Contacts are graph edges; a component floats when its connected group holds no grounded one."""
+    n = int(labels.max()) + 1
+    z = mesh.vertices[:, 2]
+    lowest = np.full(n, np.inf)
+    np.minimum.at(lowest, labels, z)
+    candidates = lowest > z.min() + tol
+    if not candidates.any():
+        return 0
+    samples, face_index = trimesh.sample.sample_surface(mesh, n_samples, seed=seed)
+    points = np.vstack([mesh.vertices, samples])
+    owner = np.concatenate([labels, labels[mesh.faces[face_index, 0]]])
+    cell = _cell_index(points, tol / 4)
+    keep = np.unique(owner * (cell.max() + 1) + cell, return_index=True)[1]  # one point per (component, cell)
+    points, owner, cell = points[keep], owner[keep], cell[keep]
+    order = np.lexsort((owner, cell))  # owners sharing a cell (at most sqrt(3) tol / 4 apart) touch
+    same_cell = cell[order][1:] == cell[order][:-1]
+    edges = [np.stack([owner[order][:-1][same_cell], owner[order][1:][same_cell]])]
+    asked = candidates[owner]
+    pairs = cKDTree(points[asked]).sparse_distance_matrix(cKDTree(points), tol, output_type="ndarray")
+    edges.append(np.stack([owner[asked][pairs["i"]], owner[pairs["j"]]]))
+    e = np.concatenate(edges, axis=1)
+    graph = coo_matrix((np.ones(e.shape[1]), (e[0], e[1])), shape=(n, n))
+    _, group = connected_components(graph, directed=False)
+    grounded_groups = np.unique(group[~candidates])
+    return int(np.sum(~np.isin(group, grounded_groups)))
+
+
+def _cell_index(points: np.ndarray, side: float) -> np.ndarray:
+    """Index 0..m-1 of the occupied cube of side ``side`` (of a grid through the origin) holding each point."""
+    grid = np.floor(points / side).astype(np.int64)
+    grid -= grid.min(axis=0)
+    return np.unique(np.ravel_multi_index(grid.T, grid.max(axis=0) + 1), return_inverse=True)[1].reshape(-1)
+
+
+def centre_of_mass(mesh: trimesh.Trimesh) -> tuple[np.ndarray, str]:
+    """Volume centroid if ``mesh.is_volume``, else the area-weighted surface centroid; with its kind."""
+    if mesh.is_volume:
+        return np.asarray(mesh.center_mass, dtype=float), "volume"
+    return np.asarray(mesh.centroid, dtype=float), "surface"
+
+
+def stability_margin(mesh: trimesh.Trimesh, com: np.ndarray, tol: float) -> tuple[float, str]:
+    """Signed distance from ``com[:2]`` to the boundary of the support (positive inside) and the support kind.
+
+    Support points: (x, y) of the vertices with z <= lowest z + ``tol``. Their convex hull is the polygon; when
+    Qhull finds no 2D hull (fewer than 3 non-collinear points) the support is the segment between the two
+    extreme points along their common line, or a single point, and the margin is minus the distance to it.
+    """
+    z = mesh.vertices[:, 2]
+    xy = np.unique(mesh.vertices[z <= z.min() + tol, :2], axis=0)
+    p = com[:2]
+    try:
+        hull = ConvexHull(xy)
+    except QhullError:  # fewer than 3 points, or all collinear
+        a, b = _extreme_pair(xy)
+        return -_distance_to_segments(p, a[None], b[None]), "point" if np.array_equal(a, b) else "segment"
+    ring = xy[hull.vertices]  # counter-clockwise
+    distance = _distance_to_segments(p, ring, np.roll(ring, -1, axis=0))
+    inside = bool(np.all(hull.equations[:, :2] @ p + hull.equations[:, 2] <= 0))
+    return (distance if inside else -distance), "polygon"
+
+
+def _extreme_pair(xy: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The two points of a collinear set farthest apart (the same point twice for a single point)."""
+    far = xy[np.argmax(np.linalg.norm(xy - xy[0], axis=1))]
+    return xy[np.argmax(np.linalg.norm(xy - far, axis=1))], far
+
+
+def _distance_to_segments(p: np.ndarray, a: np.ndarray, b: np.ndarray) -> float:
+    """Smallest Euclidean distance from point ``p`` to the segments ``a[i]``-``b[i]``: with t = clip(
+    (p - a)·(b - a) / |b - a|^2, 0, 1), the distance to segment i is |a + t (b - a) - p|."""
+    ab = b - a
+    t = np.clip(np.einsum("ij,ij->i", p - a, ab) / np.maximum(np.einsum("ij,ij->i", ab, ab), 1e-300), 0.0, 1.0)
+    return float(np.min(np.linalg.norm(a + t[:, None] * ab - p, axis=1)))
