@@ -21,7 +21,7 @@ app = typer.Typer(help="MME-3DR benchmark toolkit: prompts, generator adapters, 
 out = Console()
 err = Console(stderr=True)
 
-USER_ERRORS = (ValueError, KeyError, TypeError, FileNotFoundError, ImportError, PermissionError)
+USER_ERRORS = (ValueError, KeyError, TypeError, FileNotFoundError, ImportError, PermissionError, RuntimeError)
 
 
 def friendly_errors(fn):
@@ -30,6 +30,8 @@ def friendly_errors(fn):
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
+        except typer.Exit:
+            raise
         except USER_ERRORS as exc:
             msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
             err.print(f"[red]error:[/red] {msg}", highlight=False, markup=True)
@@ -104,24 +106,31 @@ def generate(
         "--model-arg", "-a", help="key=value passed to the model (repeatable).")] = None,
     category: CategoryOpt = None, limit: LimitOpt = None, source: SourceOpt = None,
     seed: Annotated[int, typer.Option("--seed", help="Seed given to the generator.")] = DEFAULTS.seed,
+    retry_failed: Annotated[bool, typer.Option(help="Generate prompts that failed in an earlier call again.")] = False,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
 ) -> None:
     """Generate an asset for every prompt into RUN/assets and log each outcome in RUN/generations.jsonl.
 
     A prompt whose generation fails or times out is recorded with its error and the run goes on. Exit code 0
-    when at least one asset was produced (failures are listed in the summary), 1 when none was.
+    when the run holds at least one asset (failures are listed in the summary), 1 when it holds none.
     """
     from mme3dr.adapters import ModelSpec, create_generator, parse_model_args
     from mme3dr.data import load_benchmark
     from mme3dr.generation import generate_run
 
+    from mme3dr.runlock import run_lock
+
     args = parse_model_args(model_arg or [])
     generator = create_generator(model, **args)
     bench = load_benchmark(categories=category, limit=limit, source=source)
-    summary = generate_run(generator, bench, out_dir, seed=seed, model_spec=ModelSpec(model, args), progress=progress)
+    with run_lock(out_dir):
+        summary = generate_run(generator, bench, out_dir, seed=seed, model_spec=ModelSpec(model, args),
+                               progress=progress, retry_failed=retry_failed)
     for line in summary.lines():
         err.print(line, highlight=False, markup=False, soft_wrap=True)
-    if summary.generated + summary.skipped == 0:
+    from mme3dr.generation import read_generations
+
+    if not any(r.ok for r in read_generations(out_dir).values()):
         raise typer.Exit(1)
 
 
@@ -200,7 +209,10 @@ def render(
 
     p = _preset(preset, background, resolution)
     if target.is_dir() and (target / D.generations_file).exists():
-        summary = render_run(target, p, cameras, workers, backend, depth, normals, progress)
+        from mme3dr.runlock import run_lock
+
+        with run_lock(target):
+            summary = render_run(target, p, cameras, workers, backend, depth, normals, progress)
     elif target.is_file():
         if out_dir is None:
             raise ValueError("rendering one mesh needs --out DIR")
@@ -241,12 +253,94 @@ def score(
 
     from mme3dr.metrics.scoring import ScoreOptions, score_run
 
+    from mme3dr.runlock import run_lock
+
     options = ScoreOptions(device, batch_size, clip_model, clip_pretrained, clip_weights, inception_weights,
                            dinov2_model, vlm_model, vlm_server, os.environ.get("MME3DR_VLM_API_KEY"))
-    summary = score_run(run, metrics.split(","), _preset(preset), reference, options, progress)
+    with run_lock(run):
+        summary = score_run(run, metrics.split(","), _preset(preset), reference, options, progress)
     for line in summary.lines():
         err.print(line, highlight=False, markup=False, soft_wrap=True)
 
+
+@app.command()
+@friendly_errors
+def evaluate(
+    model: Annotated[str, typer.Option("--model", "-m", help="Registered model name (see `mme3dr models`).")],
+    out_dir: Annotated[Path, typer.Option("--out", "-o", help="Run folder (re-running resumes; finished work is skipped).")],
+    model_arg: Annotated[Optional[list[str]], typer.Option("--model-arg", "-a", help="key=value for the model.")] = None,
+    metrics: Annotated[str, typer.Option(help="Comma-separated metrics (see `mme3dr score --help`).")] = "clip,geometry",
+    reference: Annotated[Optional[Path], typer.Option(help="Reference set for kid/fid metrics.")] = None,
+    category: CategoryOpt = None, limit: LimitOpt = None, source: SourceOpt = None,
+    seed: Annotated[int, typer.Option("--seed", help="Seed given to the generator.")] = DEFAULTS.seed,
+    preset: PresetOpt = "canonical",
+    resolution: Annotated[Optional[int], typer.Option(min=8, help="Override the preset's resolution.")] = None,
+    device: Annotated[Optional[str], typer.Option(help="torch device for metrics.")] = None,
+    clip_weights: Annotated[Optional[str], typer.Option(help="Local CLIP checkpoint file.")] = None,
+    inception_weights: Annotated[Optional[str], typer.Option(help="Local Inception-v3 weights.")] = None,
+    vlm_model: Annotated[str, typer.Option(help="VLM hub id or local folder.")] = DEFAULTS.vlm_model,
+    vlm_server: Annotated[Optional[str], typer.Option(help="OpenAI-compatible VLM server URL.")] = None,
+    workers: WorkersOpt = 1,
+    retry_failed: Annotated[bool, typer.Option(help="Generate prompts that failed in an earlier call again.")] = False,
+    report: Annotated[bool, typer.Option(help="Write RUN/report/ at the end.")] = True,
+    progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
+) -> None:
+    """Generate, render, score and report in one resumable command (a lock keeps other writers out)."""
+    from mme3dr.adapters import parse_model_args
+    from mme3dr.evaluate import evaluate as run_evaluate
+    from mme3dr.metrics.scoring import ScoreOptions
+
+    options = ScoreOptions(device=device, clip_weights=clip_weights, inception_weights=inception_weights,
+                           vlm_model=vlm_model, vlm_server=vlm_server)
+    summary = run_evaluate(model, out_dir, parse_model_args(model_arg or []), metrics.split(","), reference, category,
+                           limit, seed, _preset(preset, resolution=resolution), options, source, workers, report,
+                           progress, retry_failed)
+    for line in summary.lines():
+        err.print(line, highlight=False, markup=False, soft_wrap=True)
+
+
+@app.command("report")
+@friendly_errors
+def report_cmd(
+    runs: Annotated[list[Path], typer.Argument(help="Run folders (one row each).")],
+    out_dir: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")],
+    title: Annotated[str, typer.Option(help="Report title.")] = "MME-3DR report",
+    plots: Annotated[bool, typer.Option(help="Draw the plots (PNG and SVG).")] = True,
+) -> None:
+    """Leaderboard of runs: CSV, Markdown, JSON, a self-contained HTML page and plots."""
+    from mme3dr.report import build_report
+
+    files = build_report(runs, out_dir, title, plots)
+    out.print(files.markdown.read_text(), markup=False, highlight=False)
+    err.print(f"wrote {files.csv}, {files.markdown}, {files.json}, {files.html} and {len(files.plots)} plot files",
+              soft_wrap=True, markup=False)
+
+
+@app.command()
+@friendly_errors
+def paper(
+    run: Annotated[Optional[list[Path]], typer.Option("--run", help="A run to put beside Table 4 (repeatable; "
+                                                      "with one run the differences are shown).")] = None,
+    table: Annotated[str, typer.Option(help="Published table: 4 (main), 1, 2, 5 or 6.")] = "4",
+    name: Annotated[Optional[list[str]], typer.Option(help="Row label for each --run (default: its model).")] = None,
+    benchmark: Annotated[Optional[str], typer.Option(help="Only these Table 4 rows: MME-3DR or Toys4K-800.")] = None,
+    markdown: Annotated[bool, typer.Option(help="Print a Markdown table.")] = False,
+) -> None:
+    """Print the published MME-3DR tables (arXiv 2512.10949), optionally with runs' numbers beside Table 4."""
+    import pandas as pd
+
+    from mme3dr.paper import markdown_table, published, table4_with_runs
+
+    if run and table != "4":
+        raise ValueError("--run compares with Table 4 only")
+    df = table4_with_runs(run, name, benchmark) if table == "4" else published(table)
+    if markdown:
+        sys.stdout.write(markdown_table(df) + "\n")
+        return
+    with pd.option_context("display.width", 200, "display.max_columns", 30):
+        out.print(df.to_string(index=False, na_rep=""), markup=False, highlight=False, soft_wrap=True)
+    out.print("Published numbers from arXiv 2512.10949 (KD x100; CLIP = cosine x100). The toolkit's prompt set is "
+              "its own, so a run's numbers are not directly comparable with the MME-3DR rows.", markup=False)
 
 references_app = typer.Typer(help="Reference render sets for Kernel/Frechet distances.", no_args_is_help=True)
 app.add_typer(references_app, name="references")

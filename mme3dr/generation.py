@@ -2,7 +2,8 @@
 
 Each prompt gets ``RUN/assets/<prompt_id>/`` as its output folder. A record is appended (and fsynced) as soon
 as its batch returns, so a crash loses nothing finished; running the same command again skips prompts that
-already have an asset and retries the failed ones. At the end the log is compacted to one record per prompt.
+already have an asset (and, with ``retry_failed``, retries the failed ones). At the end the log is compacted to one
+record per prompt.
 """
 
 from __future__ import annotations
@@ -103,10 +104,11 @@ def _record(prompt: PromptRecord, seed: int, spec: ModelSpec, result: Generation
 
 def generate_run(generator: Generator, prompts: Sequence[PromptRecord], run_dir: Path | str,
                  seed: int = DEFAULTS.seed, model_spec: ModelSpec | None = None,
-                 progress: bool = True) -> GenerationSummary:
+                 progress: bool = True, retry_failed: bool = False) -> GenerationSummary:
     """Generate an asset for every prompt into ``run_dir`` and log each outcome.
 
-    A generator that raises for a whole batch has that batch recorded as failed; the run goes on.
+    A generator that raises for a whole batch has that batch recorded as failed; the run goes on. Prompts already
+    in the log are skipped (so a finished run does no work); ``retry_failed`` generates the failed ones again.
     """
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -121,7 +123,8 @@ def generate_run(generator: Generator, prompts: Sequence[PromptRecord], run_dir:
     if log.exists():  # drop a line torn by a crash before appending to the log again
         write_jsonl(log, [asdict(r) for r in previous.values()])
     done = {pid for pid, rec in previous.items()
-            if rec.ok and (asset := rec.resolved_asset(run_dir)) is not None and asset.is_file()}
+            if (rec.ok and (asset := rec.resolved_asset(run_dir)) is not None and asset.is_file())
+            or (not rec.ok and not retry_failed)}
     todo = [p for p in prompts if p.id not in done]
     start = time.perf_counter()
     summary = GenerationSummary(run_dir, total=len(prompts), generated=0, failed=0,

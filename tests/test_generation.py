@@ -56,11 +56,13 @@ def test_a_crashing_batch_fails_only_that_batch(tmp_path, prompts):
     assert summary.generated == 4
 
 
-def test_rerun_skips_done_and_retries_failed(tmp_path, prompts):
+def test_rerun_skips_done_and_retries_failed_on_request(tmp_path, prompts):
     spec = ModelSpec("counting", {"k": 1})
     generate_run(Counting(fail={prompts[0].id}), prompts, tmp_path, model_spec=spec, progress=False)
     again = Counting()
     summary = generate_run(again, prompts, tmp_path, model_spec=spec, progress=False)
+    assert again.calls == [] and summary.skipped == 6  # a finished run does no work
+    summary = generate_run(again, prompts, tmp_path, model_spec=spec, progress=False, retry_failed=True)
     assert again.calls == [prompts[0].id] and summary.skipped == 5 and summary.generated == 1
     lines = (tmp_path / "generations.jsonl").read_text().splitlines()
     assert len(lines) == 6  # compacted: one record per prompt

@@ -129,16 +129,26 @@ def run_jobs(jobs: Sequence[RenderJob], preset: RenderPreset, index: Path | None
 
     if index is not None:
         index.parent.mkdir(parents=True, exist_ok=True)
-    if workers <= 1 or len(jobs) <= 1:
+    todo = []
+    for job in jobs:  # up-to-date folders need no GL context at all
+        try:
+            fresh = _up_to_date(job, preset, file_sha256(job.asset_path))
+        except OSError:
+            fresh = False
+        if fresh:
+            record(RenderJobResult(job.key, True, job.folder, skipped=True))
+        else:
+            todo.append(job)
+    if len(todo) == 1 or (todo and workers <= 1):
         from mme3dr.render.renderer import get_renderer
 
         renderer = get_renderer(backend)
-        for job in jobs:
+        for job in todo:
             record(render_one(job, preset, renderer, depth, normals))
-    else:
+    elif todo:
         ctx = mp.get_context("spawn")  # EGL/OSMesa contexts do not survive fork
         with ctx.Pool(workers, initializer=_init_worker, initargs=(preset, backend, depth, normals)) as pool:
-            for res in pool.imap_unordered(_work, jobs):
+            for res in pool.imap_unordered(_work, todo):
                 record(res)
     bar.close()
     if index is not None:  # one line per key, latest wins

@@ -1,0 +1,97 @@
+"""``mme3dr evaluate``: generate -> render -> score -> report, resumable, under one run lock.
+
+Every stage is content-addressed and skips finished work: generations by (model spec, prompt id, seed) -- the run
+folder holds one model spec and seed --, renders by (asset sha256, preset hash), scores by (metric config hash,
+preset hash, asset sha256). Records are appended with fsync and files replaced atomically, so after a crash (even
+SIGKILL) the same command continues where it stopped, and on a finished run it does no work.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from mme3dr.adapters import ModelSpec, create_generator
+from mme3dr.data import load_benchmark
+from mme3dr.defaults import DEFAULTS
+from mme3dr.generation import GenerationSummary, generate_run
+from mme3dr.jsonl import read_jsonl
+from mme3dr.metrics.scoring import ScoreOptions, ScoreSummary, parse_metrics, score_run
+from mme3dr.render.presets import RenderPreset, get_preset
+from mme3dr.render.runs import RenderSummary, render_run
+from mme3dr.runinfo import update_run_info
+from mme3dr.runlock import run_lock
+
+DEFAULT_METRICS = ("clip", "geometry")
+
+
+@dataclass
+class EvaluationSummary:
+    generation: GenerationSummary
+    render: RenderSummary
+    score: ScoreSummary
+    report: Path | None
+    timings: dict[str, float]
+
+    def lines(self) -> list[str]:
+        out = self.generation.lines() + self.render.lines() + self.score.lines()
+        if self.report:
+            out.append(f"report: {self.report}")
+        out.append("timings (s): " + ", ".join(f"{k} {v:.1f}" for k, v in self.timings.items()))
+        return out
+
+    @property
+    def work_done(self) -> int:
+        """Prompts generated + assets rendered + records scored in this call (0 on a finished run)."""
+        return self.generation.generated + self.generation.failed + self.render.rendered + sum(self.score.scored.values())
+
+
+def _metric_configs(run_dir: Path) -> dict[str, Any]:
+    configs: dict[str, Any] = {}
+    for r in read_jsonl(run_dir / DEFAULTS.scores_file):
+        configs.setdefault(r["metric"], {"config_hash": r["config_hash"], "config": r.get("config")})
+    return configs
+
+
+def evaluate(model: str, out: Path | str, model_args: dict[str, Any] | None = None,
+             metrics: Sequence[str] = DEFAULT_METRICS, reference: Path | str | None = None,
+             categories: Sequence[str] | None = None, limit: int | None = None, seed: int = DEFAULTS.seed,
+             preset: RenderPreset | None = None, options: ScoreOptions | None = None, source: str | None = None,
+             workers: int = 1, report: bool = True, progress: bool = True,
+             retry_failed: bool = False) -> EvaluationSummary:
+    """Run the whole benchmark for one model into ``out`` (see the module docstring)."""
+    out, model_args = Path(out), dict(model_args or {})
+    preset = preset or get_preset("canonical")
+    metrics = parse_metrics(metrics)
+    with run_lock(out):
+        bench = load_benchmark(categories=categories, limit=limit, source=source)
+        generator = create_generator(model, **model_args)
+        spec = ModelSpec(model, model_args)
+        update_run_info(out, model=spec.to_dict(), seed=seed, prompts={"source": bench.source, "n": len(bench),
+                        "counts": dict(bench.counts())}, preset={"name": preset.name, "hash": preset.hash,
+                        "tag": preset.tag, "params": preset.params()}, metrics=list(metrics),
+                        reference=None if reference is None else str(reference))
+        timings: dict[str, float] = {}
+        t = time.perf_counter()
+        gen = generate_run(generator, bench, out, seed=seed, model_spec=spec, progress=progress,
+                           retry_failed=retry_failed)
+        timings["generate"] = time.perf_counter() - t
+        t = time.perf_counter()
+        ren = render_run(out, preset, workers=workers, progress=progress)
+        timings["render"] = time.perf_counter() - t
+        t = time.perf_counter()
+        sco = score_run(out, metrics, preset, reference, options, progress)
+        timings["score"] = time.perf_counter() - t
+        report_dir = None
+        if report:
+            from mme3dr.report import build_report
+
+            t = time.perf_counter()
+            report_dir = build_report([out], out / "report").folder
+            timings["report"] = time.perf_counter() - t
+        update_run_info(out, metric_configs=_metric_configs(out), timings={k: round(v, 3) for k, v in timings.items()},
+                        counts={"prompts": len(bench), "generated_ok": sum(1 for r in read_jsonl(out / DEFAULTS.generations_file) if r["error"] is None)})
+    return EvaluationSummary(gen, ren, sco, report_dir, timings)

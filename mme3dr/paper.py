@@ -1,0 +1,81 @@
+"""The published MME-3DR tables (arXiv 2512.10949, rebuilt from the paper's text) beside a run's numbers.
+
+Table 4 columns: CLIP score (cosine x100, higher is better), KD_incep x100, KD_dinov2 x100, FD_incep (lower is
+better). A run contributes CLIP (micro mean of ``clip``), KID x100 (``kid``, ``kid_dinov2``) and FID (``fid``)
+from its scores; the ``d_*`` columns are the run's value minus each published row's.
+"""
+
+from __future__ import annotations
+
+import json
+from importlib.resources import files
+from io import StringIO
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from mme3dr.defaults import DEFAULTS
+from mme3dr.jsonl import read_jsonl
+
+TABLES = {"4": "table4_main.csv", "1": "table1_rewards.csv", "2": "table2_algorithms.csv",
+          "5": "table5_hi_grpo_rewards.csv", "6": "table6_paradigms.csv"}
+TABLE4_COLUMNS = ("clip_score", "kd_incep_x100", "kd_dinov2_x100", "fd_incep")
+
+
+def published(table: str = "4") -> pd.DataFrame:
+    if table not in TABLES:
+        raise ValueError(f"no published table {table!r}; available: {', '.join(TABLES)}")
+    return pd.read_csv(StringIO(files("mme3dr").joinpath(f"data/paper/{TABLES[table]}").read_text()))
+
+
+def run_numbers(run_dir: Path | str) -> dict[str, float]:
+    """A run's numbers in Table 4's columns (NaN where the run lacks the metric)."""
+    run_dir = Path(run_dir)
+    clip = [r["values"].get("clip") for r in read_jsonl(run_dir / DEFAULTS.scores_file) if r["metric"] == "clip"]
+    clip = [c for c in clip if c is not None]
+    sets_path = run_dir / DEFAULTS.set_scores_file
+    sets = json.loads(sets_path.read_text()) if sets_path.exists() else {}
+
+    def overall(name: str, scale: float) -> float:
+        v = sets.get(name, {}).get("overall", {}).get("value")
+        return np.nan if v is None else scale * v
+
+    return {"clip_score": float(np.mean(clip)) if clip else np.nan, "kd_incep_x100": overall("kid", 100.0),
+            "kd_dinov2_x100": overall("kid_dinov2", 100.0), "fd_incep": overall("fid", 1.0)}
+
+
+def run_label(run_dir: Path | str) -> str:
+    """The model name recorded in ``run.json`` (the folder name when there is none)."""
+    path = Path(run_dir) / "run.json"
+    info = json.loads(path.read_text()) if path.exists() else {}
+    return info.get("model", {}).get("name") or Path(run_dir).name
+
+
+def table4_with_runs(run_dirs: list[Path | str] | None = None, names: list[str] | None = None,
+                     benchmark: str | None = None) -> pd.DataFrame:
+    """Table 4 (optionally only ``benchmark``'s rows), plus one row per run (benchmark "MME-3DR (this toolkit)").
+
+    With exactly one run, ``d_<column>`` holds the run's value minus each published row's.
+    """
+    t = published("4")
+    if benchmark is not None:
+        t = t[t["benchmark"] == benchmark].reset_index(drop=True)
+    t.insert(2, "source", "published")
+    run_dirs = list(run_dirs or [])
+    names = list(names or []) + [run_label(r) for r in run_dirs[len(names or []):]]
+    rows = [{"benchmark": "MME-3DR (this toolkit)", "method": name, "source": str(run), **run_numbers(run),
+             "note": "prompt set authored by this toolkit; not the official item list"}
+            for run, name in zip(run_dirs, names)]
+    if len(rows) == 1:
+        for col in TABLE4_COLUMNS:
+            t[f"d_{col}"] = rows[0][col] - t[col]
+    return pd.concat([t, pd.DataFrame(rows)], ignore_index=True) if rows else t
+
+
+def markdown_table(df: pd.DataFrame) -> str:
+    cols = [c for c in df.columns if c != "source"] + ["source"]
+    fmt = lambda v: "" if v is None or (isinstance(v, float) and np.isnan(v)) else (f"{v:g}" if isinstance(v, float) else str(v))
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    lines += ["| " + " | ".join(fmt(v) for v in row) + " |" for row in df[cols].itertuples(index=False)]
+    return "\n".join(lines)

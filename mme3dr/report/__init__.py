@@ -1,0 +1,93 @@
+"""Leaderboards and reports from run folders: CSV, Markdown, JSON, HTML and plots."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from mme3dr.categories import CATEGORIES
+
+from mme3dr.jsonl import atomic_write_text
+from mme3dr.report import plots as P
+from mme3dr.report.html import render_html
+from mme3dr.report.tables import FAILURE_POLICY, RunData, directions, leaderboard, load_run, markdown, metric_keys, wide
+from mme3dr.render.runs import RENDERS_DIR
+
+
+@dataclass
+class ReportFiles:
+    folder: Path
+    csv: Path
+    markdown: Path
+    json: Path
+    html: Path
+    plots: list[Path]
+
+
+def _render_folder(run: RunData) -> Path | None:
+    tag = (run.info.get("preset") or {}).get("tag")
+    if tag and (run.path / RENDERS_DIR / tag).is_dir():
+        return run.path / RENDERS_DIR / tag
+    found = sorted((run.path / RENDERS_DIR).glob("*/")) if (run.path / RENDERS_DIR).is_dir() else []
+    return found[0] if found else None
+
+
+DETAIL_COLUMNS = ("micro", "micro_lo", "micro_hi", "micro_std", "micro_worst", "macro", "n", "n_missing")
+
+
+def _detail_table(g: pd.DataFrame) -> pd.DataFrame:
+    """Rows = runs; the summary columns, then the categories in the paper's order (intervals stay in the plots)."""
+    t = g.pivot_table(index="run", columns="column", values="value", aggfunc="first", sort=False)
+    cols = [c for c in (*DETAIL_COLUMNS, *CATEGORIES) if c in t.columns]
+    return t[cols].reset_index()
+
+
+def _unique_names(runs: list[RunData]) -> None:
+    """Runs of the same model get their folder name appended, so every row is distinct."""
+    counts: dict[str, int] = {}
+    for run in runs:
+        counts[run.name] = counts.get(run.name, 0) + 1
+    for run in runs:
+        if counts[run.name] > 1:
+            run.name = f"{run.name} ({run.path.name})"
+
+
+def build_report(run_dirs: list[Path | str], out: Path | str, title: str = "MME-3DR report",
+                 plots: bool = True) -> ReportFiles:
+    """Write leaderboard.{csv,md,json}, report.html and plots/ for ``run_dirs`` into ``out``."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    runs = [load_run(p) for p in run_dirs]
+    _unique_names(runs)
+    board = leaderboard(runs)
+    dirs = directions(runs)
+    w = wide(board)
+    csv_path, md_path, json_path = out / "leaderboard.csv", out / "leaderboard.md", out / "leaderboard.json"
+    atomic_write_text(csv_path, w.to_csv())
+    atomic_write_text(md_path, f"# {title}\n\n" + markdown(board, dirs))
+    atomic_write_text(json_path, json.dumps({
+        "failure_policy": FAILURE_POLICY, "directions": dirs,
+        "runs": {r.name: {"path": str(r.path), "run_info": r.info} for r in runs},
+        "leaderboard": {run: {k: {c: (None if pd.isna(v) else float(v)) for c, v in zip(g2["column"], g2["value"])}
+                              for k, g2 in g.groupby("key", sort=False)} for run, g in board.groupby("run", sort=False)},
+    }, indent=1))
+    figures: list[Path] = []
+    if plots:
+        (out / "plots").mkdir(exist_ok=True)
+        for key in ["success", *metric_keys(runs)]:
+            figures += P.grouped_bars(board, key, out / "plots")
+            figures += P.radar(board, key, out / "plots")
+            if key != "success":
+                figures += P.distributions({r.name: r.values.loc[r.values["key"] == key, "value"] for r in runs},
+                                           key, out / "plots")
+    details = {key: _detail_table(g) for key, g in board.groupby("key", sort=False)}
+    page = render_html(runs, w, details, figures, {r.name: _render_folder(r) for r in runs}, title)
+    html_path = out / "report.html"
+    atomic_write_text(html_path, page)
+    return ReportFiles(out, csv_path, md_path, json_path, html_path, figures)
+
+
+__all__ = ["FAILURE_POLICY", "ReportFiles", "build_report", "leaderboard", "load_run"]

@@ -1,0 +1,72 @@
+"""``RUN/run.json``: what produced a run (versions, commit, model, seeds, presets, metric configs, hardware, timings)."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import sys
+from datetime import datetime, timezone
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any
+
+from mme3dr.jsonl import atomic_write_text
+
+RUN_FILE = "run.json"
+PACKAGES = ("mme3dr", "torch", "torchvision", "trimesh", "pyrender-maintained", "PyOpenGL", "open_clip_torch",
+            "torch-fidelity", "transformers", "numpy", "pandas", "datasets", "matplotlib")
+
+
+def package_versions() -> dict[str, str | None]:
+    out = {}
+    for name in PACKAGES:
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+def git_commit() -> str | None:
+    """The commit of the toolkit's source checkout (None for an installed wheel or no git)."""
+    here = Path(__file__).resolve().parent
+    try:
+        res = subprocess.run(["git", "-C", str(here), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
+        dirty = subprocess.run(["git", "-C", str(here), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=5).stdout.strip()
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return (res.stdout.strip() + ("+dirty" if dirty else "")) if res.returncode == 0 else None
+
+
+def hardware() -> dict[str, Any]:
+    info: dict[str, Any] = {"machine": platform.machine(), "cpu_count": os.cpu_count(), "platform": platform.platform(),
+                            "python": sys.version.split()[0]}
+    try:
+        import torch
+
+        info["cuda"] = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+    except Exception:  # torch missing or CUDA misconfigured: report what we know
+        info["cuda"] = []
+    return info
+
+
+def update_run_info(run_dir: Path | str, **fields: Any) -> dict[str, Any]:
+    """Merge ``fields`` into ``RUN/run.json`` (nested dicts are merged one level deep) and return it."""
+    path = Path(run_dir) / RUN_FILE
+    info = json.loads(path.read_text()) if path.exists() else {}
+    if not info:
+        from mme3dr import __version__
+
+        info = {"toolkit_version": __version__, "git_commit": git_commit(), "packages": package_versions(),
+                "hardware": hardware(), "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    for key, value in fields.items():
+        if isinstance(value, dict) and isinstance(info.get(key), dict):
+            info[key] = {**info[key], **value}
+        else:
+            info[key] = value
+    info["updated"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    atomic_write_text(path, json.dumps(info, indent=1, default=str))
+    return info
