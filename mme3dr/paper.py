@@ -74,6 +74,8 @@ def table4_with_runs(run_dirs: list[Path | str] | None = None, names: list[str] 
 
 
 def markdown_table(df: pd.DataFrame) -> str:
+    """Markdown of ``df`` with ``source`` last; columns that are empty in every row are left out."""
+    df = df.dropna(axis=1, how="all")
     cols = [c for c in df.columns if c != "source"] + ["source"]
     fmt = lambda v: "" if v is None or (isinstance(v, float) and np.isnan(v)) else (f"{v:g}" if isinstance(v, float) else str(v))
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
