@@ -19,7 +19,7 @@ from mme3dr.data import load_benchmark
 from mme3dr.defaults import DEFAULTS
 from mme3dr.generation import GenerationSummary, generate_run
 from mme3dr.jsonl import read_jsonl
-from mme3dr.metrics.scoring import ScoreOptions, ScoreSummary, parse_metrics, score_run
+from mme3dr.metrics.scoring import ScoreOptions, ScoreSummary, build_metrics, parse_metrics, score_run
 from mme3dr.render.presets import RenderPreset, get_preset
 from mme3dr.render.runs import RenderSummary, render_run
 from mme3dr.runinfo import update_run_info
@@ -69,6 +69,7 @@ def evaluate(model: str, out: Path | str, model_args: dict[str, Any] | None = No
     with run_lock(out):
         bench = load_benchmark(categories=categories, limit=limit, source=source)
         generator = create_generator(model, **model_args)
+        built = build_metrics(metrics, preset, reference, options)  # weights and reference checked before any work
         spec = ModelSpec(model, model_args)
         update_run_info(out, model=spec.to_dict(), seed=seed, prompts={"source": bench.source, "n": len(bench),
                         "counts": dict(bench.counts())}, preset={"name": preset.name, "hash": preset.hash,
@@ -83,7 +84,7 @@ def evaluate(model: str, out: Path | str, model_args: dict[str, Any] | None = No
         ren = render_run(out, preset, workers=workers, progress=progress)
         timings["render"] = time.perf_counter() - t
         t = time.perf_counter()
-        sco = score_run(out, metrics, preset, reference, options, progress)
+        sco = score_run(out, metrics, preset, reference, options, progress, built)
         timings["score"] = time.perf_counter() - t
         report_dir = None
         if report:

@@ -139,3 +139,14 @@ def test_backend_selection_errors(monkeypatch):
     other = "osmesa" if chosen == "egl" else "egl"
     with pytest.raises(RuntimeError, match="cannot switch"):
         backend.select_backend(other)
+
+
+def test_scoring_libraries_can_be_imported_after_rendering():
+    """Regression: importing triton (via torchvision/open_clip) after a Mesa GL context segfaulted the process."""
+    import subprocess
+    import sys
+
+    code = ("from mme3dr.render.renderer import get_renderer\nget_renderer()\n"
+            "import torchvision, open_clip\nprint('ok')")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0 and res.stdout.strip() == "ok", res.stderr[-2000:]

@@ -144,20 +144,34 @@ def _items(run_dir: Path, preset: RenderPreset) -> list[tuple[ScoreItem, dict | 
     return out
 
 
+def build_metrics(metrics: Sequence[str], preset: RenderPreset, reference: Path | str | None = None,
+                  options: ScoreOptions | None = None) -> dict[str, PromptMetric]:
+    """The per-prompt metric objects (weights loaded), so a missing weight or reference fails before any work."""
+    options = options or ScoreOptions()
+    names = parse_metrics(metrics)
+    if any(m in SET_METRICS for m in names) and reference is None:
+        raise ValueError(f"{', '.join(m for m in names if m in SET_METRICS)} compare against a reference set: pass "
+                         f"--reference REF (build one with `mme3dr references build --preset {preset.name}`)")
+    ref_folder = _reference_folder(reference, preset) if reference is not None else None
+    return {m: FACTORIES[m](options, ref_folder) for m in names if m in PROMPT_METRICS}
+
+
 def score_run(run_dir: Path | str, metrics: Sequence[str], preset: RenderPreset, reference: Path | str | None = None,
-              options: ScoreOptions | None = None, progress: bool = True) -> ScoreSummary:
-    """Score a run with ``metrics`` (names from PROMPT_METRICS and SET_METRICS)."""
+              options: ScoreOptions | None = None, progress: bool = True,
+              built: dict[str, PromptMetric] | None = None) -> ScoreSummary:
+    """Score a run with ``metrics`` (names from PROMPT_METRICS and SET_METRICS); ``built`` reuses
+    :func:`build_metrics` output."""
     run_dir, options = Path(run_dir), options or ScoreOptions()
     metrics = parse_metrics(metrics)
     items = _items(run_dir, preset)
     if not items:
         raise FileNotFoundError(f"{run_dir}: no generated assets; run `mme3dr generate ... --out RUN` first")
+    built = built if built is not None else build_metrics(metrics, preset, reference, options)
     ref_folder = _reference_folder(reference, preset) if reference is not None else None
     summary = ScoreSummary()
     log = run_dir / DEFAULTS.scores_file
     done = {_key(r) for r in read_jsonl(log) if r.get("error") is None}
-    for name in [m for m in metrics if m in PROMPT_METRICS]:
-        metric = FACTORIES[name](options, ref_folder)
+    for name, metric in built.items():
         chash = metric.config_hash()
         summary.scored[name], summary.skipped[name], summary.errors[name] = 0, 0, []
         for item, render in tqdm(items, desc=name, unit="prompt", disable=not progress):
@@ -185,9 +199,6 @@ def score_run(run_dir: Path | str, metrics: Sequence[str], preset: RenderPreset,
         write_jsonl(log, latest.values())
     set_names = [m for m in metrics if m in SET_METRICS]
     if set_names:
-        if ref_folder is None:
-            raise ValueError(f"{', '.join(set_names)} compare against a reference set: pass --reference REF "
-                             f"(build one with `mme3dr references build --preset {preset.name}`)")
         summary.set_scores = score_sets(run_dir, items, ref_folder, set_names, preset, options, progress)
     return summary
 

@@ -45,6 +45,19 @@ class RenderOutput:
 _shared: Renderer | None = None
 
 
+def _load_llvm_users_first() -> None:
+    """Import triton (installed with CUDA builds of torch) before any GL context exists.
+
+    Mesa's llvmpipe and triton each load their own LLVM; when triton is imported after a Mesa context is made
+    (e.g. torchvision or open_clip imported to score renders in the same process), the process segfaults.
+    Loaded in the other order, both work.
+    """
+    import importlib.util
+
+    if importlib.util.find_spec("triton") is not None:
+        import triton  # noqa: F401
+
+
 def get_renderer(backend: str | None = None) -> Renderer:
     """The process's renderer, created on first use.
 
@@ -72,6 +85,7 @@ class Renderer:
 
     def __init__(self, backend: str | None = None) -> None:
         self.backend = select_backend(backend)
+        _load_llvm_users_first()
         import pyrender  # after select_backend: the GL platform is fixed at import
 
         self._pyrender = pyrender
