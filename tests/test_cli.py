@@ -34,7 +34,7 @@ def test_prompts_filters_and_formats():
 def test_models_lists_builtins():
     res = run("models")
     assert res.exit_code == 0
-    for name in ("folder", "command", "python"):
+    for name in ("folder", "command", "python", "ar3d-r1", "shapellm-omni"):
         assert name in res.stdout
 
 
