@@ -135,3 +135,11 @@ def test_vlm_through_score_run_with_a_tiny_qwen(setup, tmp_path):
         assert r["details"]["parse_failures"] == 4 and "response" in r["details"]["queries"]["checklist"]
     with pytest.raises(FileNotFoundError, match="MME3DR_WEIGHTS"):
         score_run(run, ["vlm"], PRESET, None, dataclasses.replace(opts, vlm_model="nobody/no-such-vlm"), progress=False)
+
+
+def test_asset_metrics_are_cached_without_renders(setup):
+    run, _, opts, _ = setup
+    unrendered = PRESET.with_overrides(n_views=3)  # no renders with this preset: geometry reads the mesh only
+    score_run(run, ["geometry"], unrendered, None, opts, progress=False)
+    again = score_run(run, ["geometry"], unrendered, None, opts, progress=False)
+    assert again.scored["geometry"] == 0 and again.skipped["geometry"] == 4

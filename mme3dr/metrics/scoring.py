@@ -24,7 +24,7 @@ from mme3dr.generation import read_generations
 from mme3dr.jsonl import append_jsonl, atomic_write_text, read_jsonl, write_jsonl
 from mme3dr.metrics.base import MetricResult, PromptMetric, ScoreItem, composite
 from mme3dr.registry import did_you_mean
-from mme3dr.render.output import read_render_record
+from mme3dr.render.output import file_sha256, read_render_record
 from mme3dr.render.presets import RenderPreset
 from mme3dr.render.references import REFERENCE_FILE
 from mme3dr.render.runs import RENDERS_DIR
@@ -176,6 +176,8 @@ def score_run(run_dir: Path | str, metrics: Sequence[str], preset: RenderPreset,
         summary.scored[name], summary.skipped[name], summary.errors[name] = 0, 0, []
         for item, render in tqdm(items, desc=name, unit="prompt", disable=not progress):
             sha = (render or {}).get("asset_sha256")
+            if sha is None and metric.needs == "asset" and item.asset_path.is_file():
+                sha = file_sha256(item.asset_path)  # asset metrics need no render to be cached
             key = (item.prompt_id, name, chash, preset.hash if metric.needs == "renders" else None, sha)
             if sha is not None and key in done:
                 summary.skipped[name] += 1

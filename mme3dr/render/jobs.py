@@ -67,11 +67,14 @@ def _up_to_date(job: RenderJob, preset: RenderPreset, sha: str) -> bool:
 
 
 def render_one(job: RenderJob, preset: RenderPreset, renderer, depth: bool = False,
-               normals: bool = False) -> RenderJobResult:
-    """Render one job with an open :class:`~mme3dr.render.renderer.Renderer`; never raises for bad input."""
+               normals: bool = False, sha: str | None = None) -> RenderJobResult:
+    """Render one job with an open :class:`~mme3dr.render.renderer.Renderer`; never raises for bad input.
+
+    ``sha`` is the asset's sha256 when the caller already has it (it is computed otherwise).
+    """
     start = time.perf_counter()
     try:
-        sha = file_sha256(job.asset_path)
+        sha = sha or file_sha256(job.asset_path)
     except OSError as exc:
         return RenderJobResult(job.key, False, job.folder, f"cannot read asset: {exc}", "missing")
     if _up_to_date(job, preset, sha):
@@ -109,8 +112,9 @@ def _init_worker(preset: RenderPreset, backend: str | None, depth: bool, normals
     _worker.update(renderer=get_renderer(backend), preset=preset, depth=depth, normals=normals)
 
 
-def _work(job: RenderJob) -> RenderJobResult:
-    return render_one(job, _worker["preset"], _worker["renderer"], _worker["depth"], _worker["normals"])
+def _work(task: tuple[RenderJob, str | None]) -> RenderJobResult:
+    job, sha = task
+    return render_one(job, _worker["preset"], _worker["renderer"], _worker["depth"], _worker["normals"], sha)
 
 
 def run_jobs(jobs: Sequence[RenderJob], preset: RenderPreset, index: Path | None = None, workers: int = 1,
@@ -129,22 +133,22 @@ def run_jobs(jobs: Sequence[RenderJob], preset: RenderPreset, index: Path | None
 
     if index is not None:
         index.parent.mkdir(parents=True, exist_ok=True)
-    todo = []
+    todo: list[tuple[RenderJob, str | None]] = []
     for job in jobs:  # up-to-date folders need no GL context at all
         try:
-            fresh = _up_to_date(job, preset, file_sha256(job.asset_path))
+            sha: str | None = file_sha256(job.asset_path)
         except OSError:
-            fresh = False
-        if fresh:
+            sha = None  # render_one reports the unreadable file
+        if sha is not None and _up_to_date(job, preset, sha):
             record(RenderJobResult(job.key, True, job.folder, skipped=True))
         else:
-            todo.append(job)
+            todo.append((job, sha))
     if len(todo) == 1 or (todo and workers <= 1):
         from mme3dr.render.renderer import get_renderer
 
         renderer = get_renderer(backend)
-        for job in todo:
-            record(render_one(job, preset, renderer, depth, normals))
+        for job, sha in todo:
+            record(render_one(job, preset, renderer, depth, normals, sha))
     elif todo:
         ctx = mp.get_context("spawn")  # EGL/OSMesa contexts do not survive fork
         with ctx.Pool(workers, initializer=_init_worker, initargs=(preset, backend, depth, normals)) as pool:
