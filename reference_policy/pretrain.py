@@ -3,20 +3,24 @@
 
 Stages (all seeded with ``--seed``; deterministic on CPU):
 
-1. data: ``generate(samples, "train", seed)`` world samples;
+1. data: ``samples`` training-split world samples, drawn in chunks of :data:`CHUNK` (chunk ``k`` is
+   ``generate(n, "train", seed * 1_000_003 + k)``) on ``--workers`` processes, so the data does not depend on
+   the number of workers;
 2. tokenizer: trained on every prompt, semantic plan and detail plan of the data;
 3. VQ-VAE: ``vq_steps`` AdamW steps on random batches of grids (:meth:`ColourVQVAE.loss`), then the data is encoded
    to (64 coarse, 512 fine) codes; occupancy IoU / colour accuracy of the reconstructions are reported;
 4. policy: ``steps`` AdamW steps of teacher forcing on the full two-step sequence
    (:meth:`ReferencePolicy.training_ids`, one of the sample's three prompts at random); the loss is the mean
-   next-token cross entropy over the generated segments of both steps (prompt and padding masked);
-5. ``save_pretrained(out)``; ``out/log.jsonl`` has one record per logged step (``stage``, ``step``, losses) and
-   ``out/metrics.json`` the final numbers.
+   next-token cross entropy over the generated segments of both steps (prompt and padding masked); the learning
+   rate warms up linearly for ``warmup`` steps and then decays linearly to 0; bfloat16 autocast on CUDA;
+5. ``save_pretrained(out)``; ``out/log.jsonl`` has one record per logged step (``stage``, ``step``, losses,
+   ``seconds``), ``out/loss_curves.png`` plots them and ``out/metrics.json`` holds the final numbers, including
+   the VQ-VAE reconstruction IoU on :data:`HELDOUT_VQ` held-out-split shapes.
 
-Sizes: the default (full) run is 4,000 samples, VQ-VAE width 32 with codebooks 64/256 for 3,000 steps, and a
-4-layer, 256-wide Qwen2 for 4,000 steps of batch 16 (sized for one GPU in roughly 25 minutes; not yet timed).
+Sizes: the default (full) run is 40,000 samples, VQ-VAE width 48 with codebooks 128/512, and a 4-layer, 384-wide
+Qwen2 (6.3 M parameters: CPU decoding of 20 prompts takes seconds); step counts are in :class:`PretrainConfig`.
 ``--smoke`` is tiny (16 samples, width 8, codebooks 16/32, occupied weight 10 so that
-40 VQ steps already decode non-empty grids, 1-layer 32-wide model, 6 policy steps) and runs in
+60 VQ steps already decode non-empty grids, 1-layer 32-wide model, 6 policy steps) and runs in
 seconds on a CPU; it checks the plumbing, not quality.
 """
 
@@ -25,52 +29,98 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import sys
 import time
-from dataclasses import dataclass
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from reference_policy.policy import ReferencePolicy, detail_plan
-from reference_policy.tokenizer import PAD, TextTokenizer
+from reference_policy.policy import MAX_PROMPT, ReferencePolicy, detail_plan
+from reference_policy.tokenizer import PAD, UNK, TextTokenizer
 from reference_policy.vqvae import ColourVQVAE, VQConfig, colour_accuracy, reconstruction_iou
 from reference_policy.world import WorldSample, generate
+
+CHUNK = 500
+HELDOUT_VQ = 500
+#: With ``max_minutes``, the VQ-VAE stage stops early at this share of the budget, the policy stage at the end.
+VQ_SHARE = 0.4
 
 
 @dataclass(frozen=True)
 class PretrainConfig:
-    samples: int = 4000
-    vq: VQConfig = VQConfig()
-    vq_steps: int = 3000
-    vq_batch: int = 32
+    samples: int = 40000
+    vq: VQConfig = VQConfig(width=48, code_dim=16, n_coarse=128, n_fine=512)
+    vq_steps: int = 8000
+    vq_batch: int = 64
     vq_lr: float = 2e-3
-    hidden: int = 256
+    hidden: int = 384
     layers: int = 4
-    heads: int = 4
+    heads: int = 6
     max_plan: int = 96
-    steps: int = 4000
-    batch: int = 16
-    lr: float = 5e-4
+    steps: int = 6000
+    batch: int = 64
+    lr: float = 1e-3
+    warmup: int = 200
+    prompt_noise: float = 0.5
     log_every: int = 50
 
 
 SMOKE = PretrainConfig(samples=16, vq=VQConfig(width=8, code_dim=8, n_coarse=16, n_fine=32, occupied_weight=10.0),
-                       vq_steps=40, vq_batch=4, vq_lr=5e-3, hidden=32, layers=1, heads=2, max_plan=32, steps=6, batch=2,
-                       lr=2e-3, log_every=2)
+                       vq_steps=60, vq_batch=4, vq_lr=5e-3, hidden=32, layers=1, heads=2, max_plan=32, steps=6, batch=2,
+                       lr=2e-3, warmup=2, log_every=2)
 
 
-def _seed_all(seed: int) -> None:
+def _seed_all(seed: int, device: str) -> None:
+    """Seed every generator; deterministic kernels on the CPU only (on CUDA they make the 3D convolutions of the
+    VQ-VAE several times slower, so a GPU run is seeded but not bitwise reproducible)."""
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-    torch.use_deterministic_algorithms(True, warn_only=True)
+    if str(device).startswith("cuda"):
+        torch.backends.cudnn.benchmark = True
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    else:
+        torch.use_deterministic_algorithms(True, warn_only=True)
 
 
-def train_vqvae(grids: np.ndarray, cfg: PretrainConfig, device: str, log: list[dict]) -> ColourVQVAE:
-    """AdamW on random batches of ``grids``; returns the model in eval mode."""
+def _chunk(args: tuple[int, int]) -> list[WorldSample]:
+    n, seed = args
+    return generate(n, "train", seed)
+
+
+def world_data(n: int, seed: int, workers: int = 1) -> list[WorldSample]:
+    """``n`` training samples in chunks of :data:`CHUNK` (see the module docstring), on ``workers`` processes."""
+    jobs = [(min(CHUNK, n - lo), seed * 1_000_003 + k) for k, lo in enumerate(range(0, n, CHUNK))]
+    if workers <= 1 or len(jobs) == 1:
+        return [s for job in jobs for s in _chunk(job)]
+    with ProcessPoolExecutor(workers) as pool:
+        return [s for chunk in pool.map(_chunk, jobs) for s in chunk]
+
+
+class _Log:
+    """Log records (kept for log.jsonl and the plot) with a progress line on stderr for each."""
+
+    def __init__(self) -> None:
+        self.rows: list[dict] = []
+        self.t0 = time.time()
+
+    def __call__(self, **row: float | str) -> None:
+        row["seconds"] = round(time.time() - self.t0, 2)
+        self.rows.append(row)
+        print(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()),
+              file=sys.stderr, flush=True)
+
+
+def train_vqvae(grids: np.ndarray, cfg: PretrainConfig, device: str, log: _Log,
+                deadline: float = float("inf")) -> ColourVQVAE:
+    """AdamW on random batches of ``grids`` (constant learning rate, then linear decay to 0 over the second half);
+    stops early, and logs it, once ``time.time()`` passes ``deadline``. Returns the model in eval mode."""
     model = ColourVQVAE(cfg.vq).to(device).train()
     opt = torch.optim.AdamW(model.parameters(), cfg.vq_lr)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, 2.0 - 2.0 * s / cfg.vq_steps))
     rng = np.random.default_rng(0)
     data = torch.as_tensor(grids, device=device)
     for step in range(cfg.vq_steps):
@@ -78,76 +128,173 @@ def train_vqvae(grids: np.ndarray, cfg: PretrainConfig, device: str, log: list[d
         opt.zero_grad()
         out.loss.backward()
         opt.step()
-        if step % cfg.log_every == 0 or step == cfg.vq_steps - 1:
-            log.append({"stage": "vqvae", "step": step, "loss": out.loss.item(), "recon": out.recon,
-                        "recon_coarse": out.recon_coarse, "vq": out.vq})
+        sched.step()
+        late = time.time() > deadline and step < cfg.vq_steps - 1
+        if step % cfg.log_every == 0 or step == cfg.vq_steps - 1 or late:
+            log(stage="vqvae", step=step, loss=out.loss.item(), recon=out.recon, recon_coarse=out.recon_coarse,
+                vq=out.vq)
+        if late:
+            log(stage="vqvae", step=step, stopped_early="deadline", loss=out.loss.item())
+            break
     return model.eval()
 
 
-def _batch(rows: list[tuple[list[int], int]], device: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Right-padded ids, attention mask and labels (-100 on the prompt and padding)."""
-    n = max(len(ids) for ids, _ in rows)
-    ids = torch.full((len(rows), n), PAD, dtype=torch.long)
-    labels = torch.full((len(rows), n), -100, dtype=torch.long)
-    for i, (seq, start) in enumerate(rows):
-        ids[i, :len(seq)] = torch.tensor(seq)
-        labels[i, start:len(seq)] = ids[i, start:len(seq)]
-    return ids.to(device), (ids != PAD).long().to(device), labels.to(device)
+def encode_all(vqvae: ColourVQVAE, grids: np.ndarray, batch: int = 256) -> tuple[np.ndarray, np.ndarray]:
+    """(coarse ``[N, 64]``, fine ``[N, 512]``) codes of every grid."""
+    coarse, fine = zip(*(vqvae.encode(grids[i:i + batch]) for i in range(0, len(grids), batch)))
+    return np.concatenate(coarse), np.concatenate(fine)
+
+
+def reconstruction_scores(vqvae: ColourVQVAE, grids: np.ndarray, batch: int = 256) -> dict[str, float]:
+    """Mean occupancy IoU and colour accuracy of ``decode(encode(grid))`` over ``grids``."""
+    codes = encode_all(vqvae, grids, batch)
+    recon = np.concatenate([vqvae.decode(codes[0][i:i + batch], codes[1][i:i + batch])
+                            for i in range(0, len(grids), batch)])
+    return {"iou": float(np.mean([reconstruction_iou(r, g) for r, g in zip(recon, grids)])),
+            "colour_accuracy": float(np.mean([colour_accuracy(r, g) for r, g in zip(recon, grids)]))}
+
+
+class Sequences:
+    """Every training sequence of the data, tokenised once: ``heads[i][j]`` = prompt ``j`` of sample ``i`` (with
+    ``<bos>``), ``tails[i]`` = the two generated segments of sample ``i`` (the same for its three prompts).
+
+    Prompt noise (so that free-form prompts with unknown or extra words still condition the policy): with
+    probability ``noise`` a prompt is perturbed word by word (dropped with probability 0.1, replaced by ``<unk>``
+    with probability 0.1) and ``Poisson(2)`` extra tokens are inserted at random places, each ``<unk>`` or a random
+    vocabulary word with equal probability."""
+
+    def __init__(self, policy: ReferencePolicy, samples: list[WorldSample], codes: tuple[np.ndarray, np.ndarray],
+                 noise: float = 0.0):
+        self.noise = noise
+        self.words = (policy.tokenizer.word_offset, policy.tokenizer.vocab_size)
+        self.heads: list[list[np.ndarray]] = []
+        self.tails: list[np.ndarray] = []
+        for i, s in enumerate(samples):
+            ids, start = policy.training_ids(s.prompts[0], s.plan, detail_plan(s.parts), codes[0][i], codes[1][i])
+            self.tails.append(np.asarray(ids[start:], np.int32))
+            self.heads.append([np.asarray(policy.prompt_ids(p), np.int32) for p in s.prompts])
+
+    def batch(self, rng: np.random.Generator, size: int, device: str
+              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``size`` random (sample, prompt) sequences: right-padded ids, attention mask and labels (-100 on the
+        prompt and the padding, so the loss covers the generated segments of both steps)."""
+        rows = []
+        for i in rng.integers(len(self.tails), size=size):
+            heads = self.heads[i]
+            head = heads[int(rng.integers(len(heads)))]
+            rows.append((self._perturb(head, rng) if rng.random() < self.noise else head, self.tails[i]))
+        n = max(len(h) + len(t) for h, t in rows)
+        ids = np.full((size, n), PAD, np.int64)
+        labels = np.full((size, n), -100, np.int64)
+        for r, (h, t) in enumerate(rows):
+            ids[r, :len(h)] = h
+            ids[r, len(h):len(h) + len(t)] = t
+            labels[r, len(h):len(h) + len(t)] = t
+        ids_t = torch.from_numpy(ids)
+        return ids_t.to(device), (ids_t != PAD).long().to(device), torch.from_numpy(labels).to(device)
+
+    def _perturb(self, head: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """The prompt noise of the class docstring (``<bos>`` kept)."""
+        words = [UNK if x < 0.2 else int(w) for w, x in zip(head[1:], rng.random(len(head) - 1)) if x >= 0.1]
+        for _ in range(int(rng.poisson(2.0))):
+            extra = UNK if rng.random() < 0.5 else int(rng.integers(*self.words))
+            words.insert(int(rng.integers(len(words) + 1)), extra)
+        return np.asarray([head[0], *words][:1 + MAX_PROMPT], np.int32)
 
 
 def train_policy(policy: ReferencePolicy, samples: list[WorldSample], codes: tuple[np.ndarray, np.ndarray],
-                 cfg: PretrainConfig, device: str, log: list[dict]) -> None:
-    """Teacher forcing on the two-step sequences; linear learning-rate decay to 0."""
+                 cfg: PretrainConfig, device: str, log: _Log, deadline: float = float("inf")) -> int:
+    """Teacher forcing on the two-step sequences; linear warm-up, then linear decay to 0. Stops early (and says
+    so in the log) once ``time.time()`` passes ``deadline``; returns the number of steps taken."""
     model = policy.model.train()
+    data = Sequences(policy, samples, codes, cfg.prompt_noise)
     opt = torch.optim.AdamW(model.parameters(), cfg.lr, weight_decay=0.01)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0 - s / cfg.steps)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min((s + 1) / cfg.warmup, (cfg.steps - s) / max(1, cfg.steps - cfg.warmup)))
     rng = np.random.default_rng(1)
+    autocast = torch.autocast("cuda", torch.bfloat16, enabled=str(device).startswith("cuda"))
+    step = 0
     for step in range(cfg.steps):
-        rows = []
-        for i in rng.integers(len(samples), size=cfg.batch):
-            s = samples[i]
-            prompt = s.prompts[int(rng.integers(len(s.prompts)))]
-            rows.append(policy.training_ids(prompt, s.plan, detail_plan(s.parts), codes[0][i], codes[1][i]))
-        ids, mask, labels = _batch(rows, device)
-        loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
+        ids, mask, labels = data.batch(rng, cfg.batch, device)
+        with autocast:
+            loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
         opt.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         sched.step()
-        if step % cfg.log_every == 0 or step == cfg.steps - 1:
-            log.append({"stage": "policy", "step": step, "loss": loss.item()})
+        late = time.time() > deadline and step < cfg.steps - 1
+        if step % cfg.log_every == 0 or step == cfg.steps - 1 or late:
+            log(stage="policy", step=step, loss=loss.item(), lr=sched.get_last_lr()[0])
+        if late:
+            log(stage="policy", step=step, stopped_early="deadline", loss=loss.item())
+            break
     model.eval()
+    return step + 1
 
 
-def pretrain(out: str | Path, cfg: PretrainConfig, device: str = "cpu", seed: int = 0) -> dict:
-    """Run all stages of the module docstring into ``out``; returns the final metrics."""
-    _seed_all(seed)
+def plot_losses(rows: list[dict], path: Path) -> None:
+    """Loss curves of both stages (log scale) as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+    for ax, stage, keys in ((axes[0], "vqvae", ("loss", "recon", "recon_coarse")), (axes[1], "policy", ("loss",))):
+        rs = [r for r in rows if r["stage"] == stage]
+        for k in keys:
+            ax.plot([r["step"] for r in rs], [r[k] for r in rs], label=k)
+        ax.set(title=f"{stage} (teacher forcing)" if stage == "policy" else stage, xlabel="step", yscale="log")
+        ax.legend()
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def pretrain(out: str | Path, cfg: PretrainConfig, device: str = "cpu", seed: int = 0, workers: int = 1,
+             max_minutes: float | None = None) -> dict:
+    """Run all stages of the module docstring into ``out``; returns the final metrics. ``max_minutes`` bounds the
+    training time: the VQ-VAE stops early at :data:`VQ_SHARE` of it, the policy at all of it (the checkpoint is
+    saved all the same, and ``metrics.json`` records the steps taken)."""
+    _seed_all(seed, device)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    t0 = time.time()
-    log: list[dict] = []
-    samples = generate(cfg.samples, "train", seed)
+    log = _Log()
+    samples = world_data(cfg.samples, seed, workers)
+    log(stage="data", step=0, samples=len(samples))
     texts = [t for s in samples for t in (*s.prompts, s.plan, detail_plan(s.parts))]
     tokenizer = TextTokenizer.train(texts, cfg.vq.n_coarse, cfg.vq.n_fine)
     grids = np.stack([s.grid for s in samples])
-    vqvae = train_vqvae(grids, cfg, device, log)
-    coarse, fine = zip(*(vqvae.encode(grids[i:i + 64]) for i in range(0, len(grids), 64)))
-    codes = (np.concatenate(coarse), np.concatenate(fine))
-    recon = np.concatenate([vqvae.decode(codes[0][i:i + 64], codes[1][i:i + 64]) for i in range(0, len(grids), 64)])
+    budget = 60 * max_minutes if max_minutes else float("inf")
+    vqvae = train_vqvae(grids, cfg, device, log, log.t0 + VQ_SHARE * budget)
+    codes = encode_all(vqvae, grids)
+    train_recon = reconstruction_scores(vqvae, grids[:HELDOUT_VQ])
+    held = np.stack([s.grid for s in generate(HELDOUT_VQ if cfg.samples >= HELDOUT_VQ else 8, "heldout", seed + 1)])
+    held_recon = reconstruction_scores(vqvae, held)
+    log(stage="codes", step=0, iou_heldout=held_recon["iou"])
     model = ReferencePolicy.build_model(tokenizer, cfg.hidden, cfg.layers, cfg.heads, seed=seed).to(device)
     policy = ReferencePolicy(model, tokenizer, vqvae, cfg.max_plan)
-    train_policy(policy, samples, codes, cfg, device, log)
-    policy.save_pretrained(out)
+    policy_steps = train_policy(policy, samples, codes, cfg, device, log, log.t0 + budget)
+    policy.to("cpu").save_pretrained(out)
     metrics = {
-        "vq_iou": float(np.mean([reconstruction_iou(r, g) for r, g in zip(recon, grids)])),
-        "vq_colour_accuracy": float(np.mean([colour_accuracy(r, g) for r, g in zip(recon, grids)])),
+        "config": {k: (v.__dict__ if isinstance(v, VQConfig) else v) for k, v in cfg.__dict__.items()},
+        "device": torch.cuda.get_device_name() if str(device).startswith("cuda") else "cpu",
+        "parameters_policy": sum(p.numel() for p in model.parameters()),
+        "parameters_vqvae": sum(p.numel() for p in vqvae.parameters()),
+        "vocab_size": tokenizer.vocab_size,
+        "vq_iou_train": train_recon["iou"], "vq_colour_accuracy_train": train_recon["colour_accuracy"],
+        "vq_iou_heldout": held_recon["iou"], "vq_colour_accuracy_heldout": held_recon["colour_accuracy"],
+        "heldout_shapes": len(held),
         "coarse_codes_used": int(len(np.unique(codes[0]))), "fine_codes_used": int(len(np.unique(codes[1]))),
-        "vq_final_loss": next(r["loss"] for r in reversed(log) if r["stage"] == "vqvae"),
-        "policy_final_loss": log[-1]["loss"], "seconds": time.time() - t0,
+        "vq_final_loss": next(r["loss"] for r in reversed(log.rows) if r["stage"] == "vqvae"),
+        "vq_steps_taken": next(r["step"] for r in reversed(log.rows) if r["stage"] == "vqvae") + 1,
+        "policy_steps": policy_steps, "policy_final_loss": log.rows[-1]["loss"], "seconds": time.time() - log.t0,
     }
-    (out / "log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in log))
+    (out / "log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in log.rows))
     (out / "metrics.json").write_text(json.dumps(metrics, indent=1))
+    plot_losses(log.rows, out / "loss_curves.png")
     return metrics
 
 
@@ -156,16 +303,18 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--out", required=True)
     ap.add_argument("--smoke", action="store_true")
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--workers", type=int, default=1, help="processes drawing the world data")
     ap.add_argument("--steps", type=int, help="policy steps")
     ap.add_argument("--vq-steps", type=int)
     ap.add_argument("--samples", type=int)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--max-minutes", type=float, help="stop the policy stage early at this total time")
     a = ap.parse_args(argv)
     cfg = SMOKE if a.smoke else PretrainConfig()
     overrides = {k: v for k, v in (("steps", a.steps), ("vq_steps", a.vq_steps), ("samples", a.samples))
                  if v is not None}
-    cfg = PretrainConfig(**{**cfg.__dict__, **overrides})
-    print(json.dumps(pretrain(a.out, cfg, a.device, a.seed), indent=1))
+    print(json.dumps(pretrain(a.out, replace(cfg, **overrides), a.device, a.seed, a.workers,
+                                     a.max_minutes), indent=1))
 
 
 if __name__ == "__main__":

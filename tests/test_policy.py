@@ -9,7 +9,7 @@ import torch
 from mme3dr.assets import load_asset
 from reference_policy.policy import ReferencePolicy, detail_plan
 from reference_policy.pretrain import SMOKE, pretrain
-from reference_policy.tokenizer import MESH_START, UNK, TextTokenizer, normalise
+from reference_policy.tokenizer import END_PLAN, MESH_START, UNK, TextTokenizer, normalise
 from reference_policy.vqvae import (N_COARSE_TOKENS, N_FINE_TOKENS, ColourVQVAE, VQConfig, colour_accuracy,
                                     reconstruction_iou)
 from reference_policy.world import generate, to_mesh
@@ -81,7 +81,7 @@ def test_iou_and_colour_accuracy() -> None:
 
 def test_constrained_generation_logprobs_and_determinism(policy: ReferencePolicy) -> None:
     tok = policy.tokenizer
-    r = policy.generate("A purple zebra-striped chair", seed=3, temperature=1.0, top_k=10)
+    r = policy.generate(["A purple zebra-striped chair"], [3], temperature=1.0, top_k=10)[0]
     coarse = [t for t in r.step1.ids if tok.coarse_offset <= t < tok.fine_offset]
     fine = [t for t in r.step2.ids if tok.fine_offset <= t < tok.word_offset]
     assert len(coarse) == N_COARSE_TOKENS and len(fine) == N_FINE_TOKENS
@@ -96,15 +96,46 @@ def test_constrained_generation_logprobs_and_determinism(policy: ReferencePolicy
             again = policy.sequence_logprobs(st.context, st.ids)
         assert torch.allclose(again, lp, atol=1e-4)
     assert r.step2.context == r.step1.context + r.step1.ids
-    same = policy.generate("A purple zebra-striped chair", seed=3, temperature=1.0, top_k=10)
+    same = policy.generate(["A purple zebra-striped chair"], [3], temperature=1.0, top_k=10)[0]
     assert same.step1.ids == r.step1.ids and same.step2.ids == r.step2.ids and np.array_equal(same.grid, r.grid)
+
+
+def test_batched_generation_matches_one_at_a_time(policy: ReferencePolicy) -> None:
+    """Left padding and the shared KV cache change nothing: each row equals its own batch-of-one run, and its
+    log-probs equal :meth:`sequence_logprobs` recomputed from the ids."""
+    prompts = ["x", "A purple zebra-striped chair", "A very long prompt about a red table with four legs " * 3]
+    seeds = [5, 6, 7]
+    batch = policy.generate(prompts, seeds, temperature=1.3, top_k=0, batch_size=3)
+    assert len({len(r.step1.context) for r in batch}) == 3  # really padded
+    for r, p, s in zip(batch, prompts, seeds):
+        alone = policy.generate([p], [s], temperature=1.3, top_k=0)[0]
+        assert r.step1.ids == alone.step1.ids and r.step2.ids == alone.step2.ids
+        assert np.allclose(r.step2.logprobs, alone.step2.logprobs, atol=1e-5)
+        with torch.no_grad():
+            again = policy.sequence_logprobs(r.step2.context, r.step2.ids, temperature=1.3)
+        assert torch.allclose(again, torch.tensor(r.step2.logprobs), atol=1e-4)
+    assert batch[0].step1.ids != batch[1].step1.ids
+    with pytest.raises(ValueError, match="seeds"):
+        policy.generate(prompts, seeds[:2])
+
+
+def test_top_k_one_is_greedy(policy: ReferencePolicy) -> None:
+    a, b = policy.generate(["a chair", "a chair"], [0, 1], top_k=1)
+    assert a.step1.ids == b.step1.ids and a.step2.ids == b.step2.ids
+    tok = policy.tokenizer
+    with torch.no_grad():  # ids[0] is the forced <plan>; ids[1] must be the best allowed plan token
+        logits = policy.model(input_ids=torch.tensor([a.step1.context + a.step1.ids[:1]])).logits[0, -1]
+    allowed = torch.zeros_like(logits, dtype=torch.bool)
+    allowed[tok.word_offset:] = True
+    allowed[END_PLAN] = True
+    assert a.step1.sampled[1] and a.step1.ids[1] == int(logits.masked_fill(~allowed, float("-inf")).argmax())
 
 
 def test_pretrain_smoke_end_to_end(tmp_path) -> None:
     metrics = pretrain(tmp_path / "ckpt", SMOKE)
     assert np.isfinite(metrics["policy_final_loss"]) and (tmp_path / "ckpt" / "log.jsonl").exists()
     policy = ReferencePolicy.from_pretrained(tmp_path / "ckpt")
-    r = policy.generate("A steampunk gramophone with a brass horn on a walnut cabinet.", seed=0, top_k=8)
+    r = policy.generate(["A steampunk gramophone with a brass horn on a walnut cabinet."], [0], top_k=8)[0]
     assert r.grid.shape == (32, 32, 32)
     grid = r.grid if (r.grid > 0).any() else r.coarse_grid
     assert (grid > 0).any(), "smoke checkpoint decoded to an empty grid"

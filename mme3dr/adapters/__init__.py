@@ -22,6 +22,7 @@ GENERATORS: Registry[Callable[..., Generator]] = Registry("model", entry_point_g
 GENERATORS.register("folder", "mme3dr.adapters.folder:FolderGenerator", origin="builtin")
 GENERATORS.register("command", "mme3dr.adapters.command:CommandGenerator", origin="builtin")
 GENERATORS.register("python", "mme3dr.adapters.python:python_generator", origin="builtin")
+GENERATORS.register("reference", "reference_policy.generator:ReferenceGenerator", origin="builtin")
 GENERATORS.register("ar3d-r1", "reference_policy.released:ar3d_r1", origin="builtin")
 GENERATORS.register("shapellm-omni", "reference_policy.released:shapellm_omni", origin="builtin")
 

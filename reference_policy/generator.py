@@ -1,0 +1,101 @@
+"""The bundled reference policy as an mme3dr generator: ``mme3dr generate --model reference``.
+
+Per batch of requests: both policy steps for every prompt at once (:meth:`ReferencePolicy.generate`, seed of the
+request, the sampling settings of :mod:`reference_policy.evaluate`), the step-2 palette grid decoded by the
+VQ-VAE, then :func:`surface_mesh` (marching cubes with vertex colours) written as ``mesh.glb``. The GLB is y-up
+as glTF prescribes (grid z-up turned with (x, y, z) -> (x, z, -y)), so results declare ``up_axis = "+y"``.
+
+The checkpoint is the one committed in ``reference_policy/checkpoint`` (made by ``python -m
+reference_policy.pretrain``; see ``data_cards/reference_policy.md``); ``checkpoint=DIR`` loads another folder of
+the same layout. It runs on the CPU by default and downloads nothing.
+"""
+
+from __future__ import annotations
+
+import time
+import traceback
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import trimesh
+from scipy import ndimage
+
+from mme3dr.adapters.base import GenerationRequest, GenerationResult, Generator
+from mme3dr.metrics.weights import MissingWeightsError
+from reference_policy.evaluate import TEMPERATURE, TOP_K
+from reference_policy.policy import ReferencePolicy, Rollout
+from reference_policy.released import Z_UP_TO_Y_UP
+from reference_policy.shapellm_vqvae import occupancy_to_mesh
+from reference_policy.world.grid import PALETTE
+
+CHECKPOINT = Path(__file__).parent / "checkpoint"
+_RGBA = np.array([(0, 0, 0, 255), *((*rgb, 255) for rgb in PALETTE.values())], dtype=np.uint8)
+
+
+def surface_mesh(grid: np.ndarray) -> trimesh.Trimesh:
+    """Marching-cubes surface of the occupied voxels (:func:`occupancy_to_mesh`, z-up, in [-0.5, 0.5]^3) with
+    each vertex coloured by the palette colour of the occupied voxel nearest to it (Euclidean distance transform).
+    Raises ``ValueError`` for an empty grid."""
+    mesh = occupancy_to_mesh(grid > 0)
+    _, nearest = ndimage.distance_transform_edt(grid == 0, return_indices=True)
+    res = grid.shape[0]
+    idx = np.clip(np.rint((mesh.vertices + 0.5) * res - 0.5).astype(int), 0, res - 1)
+    src = nearest[:, idx[:, 0], idx[:, 1], idx[:, 2]]
+    mesh.visual.vertex_colors = _RGBA[grid[src[0], src[1], src[2]]]
+    return mesh
+
+
+class ReferenceGenerator(Generator):
+    """The reference policy (module docstring). ``batch_size`` prompts are decoded together."""
+
+    up_axis = "+y"
+
+    def __init__(self, checkpoint: str | None = None, device: str = "cpu", temperature: float = TEMPERATURE,
+                 top_k: int = TOP_K, batch_size: int = 32) -> None:
+        self.checkpoint = Path(checkpoint).expanduser() if checkpoint else CHECKPOINT
+        self.device, self.temperature, self.top_k, self.batch_size = device, temperature, top_k, batch_size
+        self._policy: ReferencePolicy | None = None
+
+    def load(self) -> ReferencePolicy:
+        """The policy, loaded on first use; a folder without a checkpoint raises :class:`MissingWeightsError`."""
+        if self._policy is None:
+            if not (self.checkpoint / "policy.json").is_file():
+                raise MissingWeightsError(
+                    f"no reference-policy checkpoint in {self.checkpoint} (policy.json missing). The bundled one lives "
+                    f"in reference_policy/checkpoint of the source tree; reinstall mme3dr from a full checkout, or "
+                    f"train one with `python -m reference_policy.pretrain --out DIR --device cuda` and pass "
+                    f"--model-arg checkpoint=DIR.")
+            self._policy = ReferencePolicy.from_pretrained(self.checkpoint, self.device)
+        return self._policy
+
+    def generate(self, requests: Sequence[GenerationRequest]) -> list[GenerationResult]:
+        """Decode the batch together; a failure of the whole batch is recorded by the runner, one of a single
+        prompt (empty grid, mesh export) here."""
+        start = time.perf_counter()
+        rollouts = self.load().generate([r.prompt for r in requests], [r.seed for r in requests], self.temperature,
+                                        self.top_k, self.batch_size)
+        share = (time.perf_counter() - start) / len(requests)
+        results = []
+        for req, rollout in zip(requests, rollouts):
+            try:
+                results.append(self._write(req, rollout, share))
+            except Exception as exc:  # one prompt's failure must not stop the others
+                results.append(GenerationResult.failure(req, f"{type(exc).__name__}: {exc}", share,
+                                                        traceback=traceback.format_exc(limit=8)))
+        return results
+
+    def _write(self, request: GenerationRequest, rollout: Rollout, seconds: float) -> GenerationResult:
+        start = time.perf_counter()
+        meta = {"plan": rollout.step1.plan, "detail_plan": rollout.step2.plan,
+                "occupied_voxels": int((rollout.grid > 0).sum()), "checkpoint": str(self.checkpoint)}
+        if not (rollout.grid > 0).any():
+            return GenerationResult.failure(request, "the policy decoded an empty grid (no occupied voxel)", seconds,
+                                            **meta)
+        mesh = surface_mesh(rollout.grid)
+        mesh.apply_transform(Z_UP_TO_Y_UP)
+        path = request.output_dir / "mesh.glb"
+        mesh.export(path)
+        return GenerationResult(request.prompt_id, asset_path=path, up_axis=self.up_axis,
+                                seconds=seconds + time.perf_counter() - start,
+                                metadata={**meta, "n_faces": len(mesh.faces)})
