@@ -16,6 +16,10 @@ softmax. Log-probabilities are those of this constrained distribution at the sam
 (``log_softmax(mask(logits) / T)``; top-k truncation is not part of them), so forced tokens have log-prob 0 and
 :meth:`ReferencePolicy.sequence_logprobs` reproduces them from the ids alone (the PPO ratio needs exactly this).
 
+Batching: :meth:`ReferencePolicy.generate` decodes many prompts at once (left-padded contexts, explicit position
+ids, one static KV cache); each row samples with its own seed, so a prompt's rollout does not depend on the batch
+it is in (tested against batches of one).
+
 Folder layout of :meth:`ReferencePolicy.save_pretrained`: ``model/`` (transformers ``save_pretrained``,
 safetensors), ``tokenizer/``, ``vqvae/`` and ``policy.json`` (``max_plan``).
 """
