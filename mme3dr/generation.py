@@ -20,6 +20,7 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from mme3dr.adapters import GenerationRequest, GenerationResult, Generator, ModelSpec
+from mme3dr.adapters.base import stops_the_run
 from mme3dr.data import PromptRecord
 from mme3dr.defaults import DEFAULTS
 from mme3dr.jsonl import append_jsonl, read_jsonl, write_jsonl
@@ -107,7 +108,9 @@ def generate_run(generator: Generator, prompts: Sequence[PromptRecord], run_dir:
                  progress: bool = True, retry_failed: bool = False) -> GenerationSummary:
     """Generate an asset for every prompt into ``run_dir`` and log each outcome.
 
-    A generator that raises for a whole batch has that batch recorded as failed; the run goes on. Prompts already
+    A generator that raises for a whole batch has that batch recorded as failed; the run goes on. The exception
+    is :class:`~mme3dr.metrics.weights.MissingWeightsError` (its weights are not there): it propagates at once,
+    with its advice text, and nothing is recorded, so the same command works once the weights are provided. Prompts already
     in the log are skipped (so a finished run does no work); ``retry_failed`` generates the failed ones again.
     """
     run_dir = Path(run_dir)
@@ -138,6 +141,9 @@ def generate_run(generator: Generator, prompts: Sequence[PromptRecord], run_dir:
         try:
             results = {r.prompt_id: r for r in generator.generate(requests)}
         except Exception as exc:  # a crashing generator fails its batch, not the run
+            if stops_the_run(exc):  # missing weights: every prompt would fail alike; stop, record nothing
+                bar.close()
+                raise
             tb = traceback.format_exc(limit=8)
             results = {r.prompt_id: GenerationResult.failure(r, f"generator crashed: {type(exc).__name__}: {exc}",
                                                              time.perf_counter() - t0, traceback=tb)

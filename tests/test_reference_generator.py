@@ -72,10 +72,16 @@ def test_smoke_checkpoint_loads_through_the_same_path(smoke_checkpoint, tmp_path
     assert again.metadata["plan"] == results[0].metadata["plan"]  # seeded
 
 
-def test_missing_checkpoint_says_how_to_provide_it(tmp_path):
+def test_missing_checkpoint_says_how_to_provide_it_and_records_nothing(tmp_path):
     gen = ReferenceGenerator(checkpoint=str(tmp_path / "nowhere"))
     with pytest.raises(MissingWeightsError, match="python -m reference_policy.pretrain"):
         gen.load()
+    out = tmp_path / "RUN"
+    res = runner.invoke(app, ["generate", "--model", "reference", "-a", f"checkpoint={tmp_path / 'nowhere'}",
+                              "--limit", "3", "--out", str(out), "--no-progress"])
+    assert res.exit_code == 2 and "--model-arg checkpoint=DIR" in " ".join(res.output.split())
+    log = out / "generations.jsonl"
+    assert not log.exists() or log.read_text().strip() == ""  # no failure records: a re-run starts clean
 
 
 def test_surface_mesh_colours_and_extent():

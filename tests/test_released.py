@@ -152,6 +152,17 @@ def test_missing_weights_name_what_to_provide(tmp_path, monkeypatch):
     assert shapellm_omni().model == "yejunliang23/ShapeLLM-7B-omni"
 
 
+def test_missing_checkpoint_stops_the_run_before_recording_anything(tmp_path, monkeypatch):
+    monkeypatch.setenv("MME3DR_WEIGHTS", str(tmp_path))
+    from mme3dr.data import load_benchmark
+    from mme3dr.generation import generate_run
+
+    with pytest.raises(MissingWeightsError, match="IvanTang/3DGen-R1"):
+        generate_run(ar3d_r1(vqvae=str(tmp_path)), load_benchmark(limit=3), tmp_path / "RUN", progress=False)
+    log = tmp_path / "RUN" / "generations.jsonl"
+    assert not log.exists() or log.read_text().strip() == ""
+
+
 class ForceTokens(LogitsProcessor):
     """Leave only the next token of ``ids`` (after the prompt) possible."""
 

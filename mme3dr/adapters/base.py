@@ -2,7 +2,8 @@
 
 A generator turns :class:`GenerationRequest` objects into :class:`GenerationResult` objects. Override
 :meth:`Generator.generate_one` for one prompt at a time, or :meth:`Generator.generate` for batched models.
-Errors for one prompt are returned as a result with ``error`` set, never raised, so a run goes on.
+Errors for one prompt are returned as a result with ``error`` set, never raised, so a run goes on; missing
+weights (:func:`stops_the_run`) are the exception.
 """
 
 from __future__ import annotations
@@ -27,6 +28,14 @@ def parse_up_axis(axis: str) -> str:
     if a not in UP_AXES:
         raise ValueError(f"up axis {axis!r} is not one of {', '.join(UP_AXES)} (a bare 'y' means '+y')")
     return a
+
+
+def stops_the_run(exc: BaseException) -> bool:
+    """True for :class:`~mme3dr.metrics.weights.MissingWeightsError`: without its weights a generator fails every
+    prompt alike, so the error (with its advice text) ends the run instead of being recorded per prompt."""
+    from mme3dr.metrics.weights import MissingWeightsError  # lazy: mme3dr.metrics imports torch
+
+    return isinstance(exc, MissingWeightsError)
 
 
 @dataclass(frozen=True)
@@ -99,6 +108,8 @@ class Generator(ABC):
                 out.seconds = out.seconds or time.perf_counter() - start
                 results.append(out)
             except Exception as exc:  # one prompt's failure must not stop the run
+                if stops_the_run(exc):
+                    raise
                 results.append(GenerationResult.failure(
                     req, f"{type(exc).__name__}: {exc}", time.perf_counter() - start,
                     traceback=traceback.format_exc(limit=8)))
