@@ -46,8 +46,7 @@ def evaluate_split(policy: ReferencePolicy, split: Split, n: int, seed: int = 12
     seconds = time.perf_counter() - start
     out = {"n": n, "batch_size": batch_size, "temperature": temperature, "top_k": top_k,
            "seconds_per_prompt": seconds / n}
-    truth = np.stack([s.grid for s in samples])
-    ceiling = policy.vqvae.decode(*policy.vqvae.encode(truth))
+    ceiling = policy.vqvae.reconstruct(np.stack([s.grid for s in samples]))
     for name, grids in (("final", [r.grid for r in rollouts]), ("step1", [r.coarse_grid for r in rollouts]),
                         ("vq_ceiling", list(ceiling))):
         out[name] = accuracy(zip(grids, (s.spec for s in samples)))

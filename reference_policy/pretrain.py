@@ -145,11 +145,9 @@ def encode_all(vqvae: ColourVQVAE, grids: np.ndarray, batch: int = 256) -> tuple
     return np.concatenate(coarse), np.concatenate(fine)
 
 
-def reconstruction_scores(vqvae: ColourVQVAE, grids: np.ndarray, batch: int = 256) -> dict[str, float]:
-    """Mean occupancy IoU and colour accuracy of ``decode(encode(grid))`` over ``grids``."""
-    codes = encode_all(vqvae, grids, batch)
-    recon = np.concatenate([vqvae.decode(codes[0][i:i + batch], codes[1][i:i + batch])
-                            for i in range(0, len(grids), batch)])
+def reconstruction_scores(vqvae: ColourVQVAE, grids: np.ndarray) -> dict[str, float]:
+    """Mean occupancy IoU and colour accuracy of :meth:`ColourVQVAE.reconstruct` over ``grids``."""
+    recon = vqvae.reconstruct(grids)
     return {"iou": float(np.mean([reconstruction_iou(r, g) for r, g in zip(recon, grids)])),
             "colour_accuracy": float(np.mean([colour_accuracy(r, g) for r, g in zip(recon, grids)]))}
 

@@ -191,6 +191,10 @@ class ColourVQVAE(nn.Module):
         ci, single = self._ids(coarse_ids)
         return _argmax(self.logits(self.coarse_book.lookup(ci, COARSE_RES), None), single)
 
+    def reconstruct(self, grids: np.ndarray, batch: int = 256) -> np.ndarray:
+        """``decode(encode(grids))`` for ``[N, 32, 32, 32]`` grids, ``batch`` at a time (bounded memory)."""
+        return np.concatenate([self.decode(*self.encode(grids[i:i + batch])) for i in range(0, len(grids), batch)])
+
     def _ids(self, ids: np.ndarray) -> tuple[torch.Tensor, bool]:
         t = torch.as_tensor(np.asarray(ids), dtype=torch.long, device=self.device)
         return (t[None], True) if t.ndim == 1 else (t, False)

@@ -65,6 +65,7 @@ def test_vqvae_shapes_ranges_and_training() -> None:
     assert cb.shape == (4, 64) and np.array_equal(cb[0], c)
     assert model.decode(c, f).shape == (32, 32, 32) and model.decode(c, f).dtype == np.uint8
     assert model.decode_coarse(cb).shape == (4, 32, 32, 32)
+    assert np.array_equal(model.reconstruct(grids.numpy(), batch=3), model.decode(cb, fb))
 
 
 def test_iou_and_colour_accuracy() -> None:
