@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import functools
 import json
+import os
 import sys
 from enum import Enum
 from pathlib import Path
@@ -12,14 +13,16 @@ from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from mme3dr.defaults import DEFAULTS
 
 app = typer.Typer(help="MME-3DR benchmark toolkit: prompts, generator adapters, asset checks, renders.",
                   no_args_is_help=True, add_completion=False)
-out = Console()
-err = Console(stderr=True)
+# Piped output is not wrapped at 80 columns: tables keep their natural width, Markdown stays one line per row.
+out = Console(width=None if sys.stdout.isatty() else 100_000)
+err = Console(stderr=True, soft_wrap=True)
 
 USER_ERRORS = (ValueError, KeyError, TypeError, FileNotFoundError, ImportError, PermissionError, RuntimeError)
 
@@ -34,7 +37,7 @@ def friendly_errors(fn):
             raise
         except USER_ERRORS as exc:
             msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
-            err.print(f"[red]error:[/red] {msg}", highlight=False, markup=True)
+            err.print(f"[red]error:[/red] {escape(msg)}", highlight=False, markup=True)
             raise typer.Exit(2) from None
     return wrapper
 
@@ -114,15 +117,16 @@ def generate(
     A prompt whose generation fails or times out is recorded with its error and the run goes on. Exit code 0
     when the run holds at least one asset (failures are listed in the summary), 1 when it holds none.
     """
-    from mme3dr.adapters import ModelSpec, create_generator, parse_model_args
+    from mme3dr.adapters import ModelSpec, coerce_model_args, create_generator, parse_model_args
     from mme3dr.data import load_benchmark
     from mme3dr.generation import generate_run
-
     from mme3dr.runlock import run_lock
 
-    args = parse_model_args(model_arg or [])
+    quiet_libraries(progress)
+    args = coerce_model_args(model, parse_model_args(model_arg or []))
     generator = create_generator(model, **args)
     bench = load_benchmark(categories=category, limit=limit, source=source)
+    generator.check()  # missing weights stop here, before the run folder is created
     with run_lock(out_dir):
         summary = generate_run(generator, bench, out_dir, seed=seed, model_spec=ModelSpec(model, args),
                                progress=progress, retry_failed=retry_failed)
@@ -191,7 +195,7 @@ def presets() -> None:
 @friendly_errors
 def render(
     target: Annotated[Path, typer.Argument(help="A run folder (renders every asset) or one mesh file.")],
-    preset: PresetOpt = "canonical",
+    preset: PresetOpt = DEFAULTS.preset,
     out_dir: Annotated[Optional[Path], typer.Option("--out", "-o", help="Output folder (required for one mesh).")] = None,
     cameras: Annotated[Optional[Path], typer.Option(
         "--cameras", help="transforms.json to render from (or, for a run, a folder of <prompt_id>/transforms.json).")] = None,
@@ -225,40 +229,72 @@ def render(
         raise typer.Exit(1)
 
 
+# Options shared by `score` and `evaluate` (one definition, one set of defaults).
+_METRICS_HELP = ("Comma-separated: clip, kid, fid, kid_dinov2, fid_dinov2, vlm, geometry, ar3d_compat_clip, "
+                 "ar3d_compat_kd (geometry needs no weights).")
+MetricsOpt = Annotated[str, typer.Option("--metrics", help=_METRICS_HELP)]
+ReferenceOpt = Annotated[Optional[Path], typer.Option(help="Reference set for kid/fid (`mme3dr references build`).")]
+DeviceOpt = Annotated[Optional[str], typer.Option(help="torch device for metrics (default: cuda if available).")]
+BatchOpt = Annotated[int, typer.Option(min=1, help="Images per forward pass.")]
+ClipModelOpt = Annotated[str, typer.Option(help="open_clip model name.")]
+ClipTagOpt = Annotated[str, typer.Option(help="open_clip pretrained tag.")]
+ClipWeightsOpt = Annotated[Optional[str], typer.Option(help="Local CLIP checkpoint file.")]
+InceptionOpt = Annotated[Optional[str], typer.Option(
+    help="Local Inception-v3 weights (torch-fidelity's weights-inception-2015-12-05-6726825d.pth).")]
+Dinov2Opt = Annotated[str, typer.Option(help="DINOv2 hub id or local folder.")]
+VlmModelOpt = Annotated[str, typer.Option(help="Qwen2-VL/Qwen2.5-VL hub id or local folder.")]
+VlmServerOpt = Annotated[Optional[str], typer.Option(
+    help=f"OpenAI-compatible server URL (e.g. vLLM) instead; API key from ${DEFAULTS.vlm_api_key_env}.")]
+
+
+def _score_options(device, batch_size, clip_model, clip_pretrained, clip_weights, inception_weights, dinov2_model,
+                   vlm_model, vlm_server):
+    from mme3dr.metrics.scoring import ScoreOptions
+
+    return ScoreOptions(device, batch_size, clip_model, clip_pretrained, clip_weights, inception_weights,
+                        dinov2_model, vlm_model, vlm_server)
+
+
+def quiet_libraries(progress: bool) -> None:
+    """With ``--no-progress``: no progress bars from the hub / transformers (weights loading) either. Set before
+    those libraries are imported (they read the variable at import time)."""
+    if not progress:
+        os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
+
+
 @app.command()
 @friendly_errors
 def score(
     run: Annotated[Path, typer.Argument(help="Run folder (generated, and rendered with --preset).")],
-    metrics: Annotated[str, typer.Option("--metrics", "-m", help="Comma-separated: clip, kid, fid, kid_dinov2, "
-                                         "fid_dinov2, vlm, geometry, ar3d_compat_clip, ar3d_compat_kd.")] = "clip,geometry",
-    reference: Annotated[Optional[Path], typer.Option(help="Reference set (from `mme3dr references build`).")] = None,
-    preset: PresetOpt = "canonical",
-    device: Annotated[Optional[str], typer.Option(help="torch device (default: cuda if available).")] = None,
-    batch_size: Annotated[int, typer.Option(min=1, help="Images per forward pass.")] = DEFAULTS.batch_size,
-    clip_model: Annotated[str, typer.Option(help="open_clip model name.")] = DEFAULTS.clip_model,
-    clip_pretrained: Annotated[str, typer.Option(help="open_clip pretrained tag.")] = DEFAULTS.clip_pretrained,
-    clip_weights: Annotated[Optional[str], typer.Option(help="Local CLIP checkpoint file.")] = None,
-    inception_weights: Annotated[Optional[str], typer.Option(help="Local Inception-v3 (torch-fidelity) weights.")] = None,
-    dinov2_model: Annotated[str, typer.Option(help="DINOv2 hub id or local folder.")] = "facebook/dinov2-base",
-    vlm_model: Annotated[str, typer.Option(help="Qwen2-VL/Qwen2.5-VL hub id or local folder.")] = DEFAULTS.vlm_model,
-    vlm_server: Annotated[Optional[str], typer.Option(help="OpenAI-compatible server URL (e.g. vLLM) instead.")] = None,
+    metrics: Annotated[str, typer.Option("--metrics", "-m", help=_METRICS_HELP)] = ",".join(DEFAULTS.metrics),
+    reference: ReferenceOpt = None,
+    preset: PresetOpt = DEFAULTS.preset,
+    device: DeviceOpt = None,
+    batch_size: BatchOpt = DEFAULTS.batch_size,
+    clip_model: ClipModelOpt = DEFAULTS.clip_model,
+    clip_pretrained: ClipTagOpt = DEFAULTS.clip_pretrained,
+    clip_weights: ClipWeightsOpt = None,
+    inception_weights: InceptionOpt = None,
+    dinov2_model: Dinov2Opt = DEFAULTS.dinov2_model,
+    vlm_model: VlmModelOpt = DEFAULTS.vlm_model,
+    vlm_server: VlmServerOpt = None,
     progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
 ) -> None:
     """Score a run: per-prompt records to RUN/scores.jsonl, set metrics to RUN/set_scores.json.
 
-    Weights come from --*-weights/--*-model paths, then $MME3DR_WEIGHTS, then the hub; a missing weight stops with
-    a message saying how to provide it.
+    Weights come from --*-weights/--*-model paths, then $MME3DR_WEIGHTS, then the hub; every missing weight is
+    named up front, with how to provide it.
     """
-    import os
-
-    from mme3dr.metrics.scoring import ScoreOptions, score_run
-
+    from mme3dr.metrics.scoring import build_metrics, score_run
     from mme3dr.runlock import run_lock
 
-    options = ScoreOptions(device, batch_size, clip_model, clip_pretrained, clip_weights, inception_weights,
-                           dinov2_model, vlm_model, vlm_server, os.environ.get("MME3DR_VLM_API_KEY"))
+    quiet_libraries(progress)
+    options = _score_options(device, batch_size, clip_model, clip_pretrained, clip_weights, inception_weights,
+                             dinov2_model, vlm_model, vlm_server)
+    p = _preset(preset)
+    built = build_metrics(metrics.split(","), p, reference, options)
     with run_lock(run):
-        summary = score_run(run, metrics.split(","), _preset(preset), reference, options, progress)
+        summary = score_run(run, metrics.split(","), p, reference, options, progress, built)
     for line in summary.lines():
         err.print(line, highlight=False, markup=False, soft_wrap=True)
 
@@ -269,29 +305,36 @@ def evaluate(
     model: Annotated[str, typer.Option("--model", "-m", help="Registered model name (see `mme3dr models`).")],
     out_dir: Annotated[Path, typer.Option("--out", "-o", help="Run folder (re-running resumes; finished work is skipped).")],
     model_arg: Annotated[Optional[list[str]], typer.Option("--model-arg", "-a", help="key=value for the model.")] = None,
-    metrics: Annotated[str, typer.Option(help="Comma-separated metrics (see `mme3dr score --help`).")] = "clip,geometry",
-    reference: Annotated[Optional[Path], typer.Option(help="Reference set for kid/fid metrics.")] = None,
+    metrics: MetricsOpt = ",".join(DEFAULTS.metrics),
+    reference: ReferenceOpt = None,
     category: CategoryOpt = None, limit: LimitOpt = None, source: SourceOpt = None,
     seed: Annotated[int, typer.Option("--seed", help="Seed given to the generator.")] = DEFAULTS.seed,
-    preset: PresetOpt = "canonical",
+    preset: PresetOpt = DEFAULTS.preset,
     resolution: Annotated[Optional[int], typer.Option(min=8, help="Override the preset's resolution.")] = None,
-    device: Annotated[Optional[str], typer.Option(help="torch device for metrics.")] = None,
-    clip_weights: Annotated[Optional[str], typer.Option(help="Local CLIP checkpoint file.")] = None,
-    inception_weights: Annotated[Optional[str], typer.Option(help="Local Inception-v3 weights.")] = None,
-    vlm_model: Annotated[str, typer.Option(help="VLM hub id or local folder.")] = DEFAULTS.vlm_model,
-    vlm_server: Annotated[Optional[str], typer.Option(help="OpenAI-compatible VLM server URL.")] = None,
+    device: DeviceOpt = None,
+    batch_size: BatchOpt = DEFAULTS.batch_size,
+    clip_model: ClipModelOpt = DEFAULTS.clip_model,
+    clip_pretrained: ClipTagOpt = DEFAULTS.clip_pretrained,
+    clip_weights: ClipWeightsOpt = None,
+    inception_weights: InceptionOpt = None,
+    dinov2_model: Dinov2Opt = DEFAULTS.dinov2_model,
+    vlm_model: VlmModelOpt = DEFAULTS.vlm_model,
+    vlm_server: VlmServerOpt = None,
     workers: WorkersOpt = 1,
     retry_failed: Annotated[bool, typer.Option(help="Generate prompts that failed in an earlier call again.")] = False,
     report: Annotated[bool, typer.Option(help="Write RUN/report/ at the end.")] = True,
     progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
 ) -> None:
-    """Generate, render, score and report in one resumable command (a lock keeps other writers out)."""
+    """Generate, render, score and report in one resumable command (a lock keeps other writers out).
+
+    The model, its arguments, the reference set and every weight are checked before the run folder is created.
+    """
     from mme3dr.adapters import parse_model_args
     from mme3dr.evaluate import evaluate as run_evaluate
-    from mme3dr.metrics.scoring import ScoreOptions
 
-    options = ScoreOptions(device=device, clip_weights=clip_weights, inception_weights=inception_weights,
-                           vlm_model=vlm_model, vlm_server=vlm_server)
+    quiet_libraries(progress)
+    options = _score_options(device, batch_size, clip_model, clip_pretrained, clip_weights, inception_weights,
+                             dinov2_model, vlm_model, vlm_server)
     summary = run_evaluate(model, out_dir, parse_model_args(model_arg or []), metrics.split(","), reference, category,
                            limit, seed, _preset(preset, resolution=resolution), options, source, workers, report,
                            progress, retry_failed)
@@ -304,16 +347,18 @@ def evaluate(
 def report_cmd(
     runs: Annotated[list[Path], typer.Argument(help="Run folders (one row each).")],
     out_dir: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")],
+    name: Annotated[Optional[list[str]], typer.Option(
+        "--name", help="Row label for each run, in order (repeatable; default: the run's model name).")] = None,
     title: Annotated[str, typer.Option(help="Report title.")] = "MME-3DR report",
     plots: Annotated[bool, typer.Option(help="Draw the plots (PNG and SVG).")] = True,
 ) -> None:
     """Leaderboard of runs: CSV, Markdown, JSON, a self-contained HTML page and plots."""
     from mme3dr.report import build_report
 
-    files = build_report(runs, out_dir, title, plots)
-    out.print(files.markdown.read_text(), markup=False, highlight=False)
+    files = build_report(runs, out_dir, title, plots, names=name)
+    sys.stdout.write(files.markdown.read_text())
     err.print(f"wrote {files.csv}, {files.markdown}, {files.json}, {files.html} and {len(files.plots)} plot files",
-              soft_wrap=True, markup=False)
+              markup=False)
 
 
 @app.command()
@@ -329,11 +374,14 @@ def paper(
     """Print the published MME-3DR tables (arXiv 2512.10949), optionally with runs' numbers beside Table 4."""
     import pandas as pd
 
-    from mme3dr.paper import markdown_table, published, table4_with_runs
+    from mme3dr.paper import markdown_table, published, run_notes, table4_with_runs
 
     if run and table != "4":
         raise ValueError("--run compares with Table 4 only")
     df = table4_with_runs(run, name, benchmark) if table == "4" else published(table)
+    for r in run or []:
+        for note in run_notes(r):
+            err.print(f"note: {note}", markup=False, highlight=False)
     if markdown:
         sys.stdout.write(markdown_table(df) + "\n")
         return
@@ -341,6 +389,7 @@ def paper(
         out.print(df.to_string(index=False, na_rep=""), markup=False, highlight=False, soft_wrap=True)
     out.print("Published numbers from arXiv 2512.10949 (KD x100; CLIP = cosine x100). The toolkit's prompt set is "
               "its own, so a run's numbers are not directly comparable with the MME-3DR rows.", markup=False)
+
 
 references_app = typer.Typer(help="Reference render sets for Kernel/Frechet distances.", no_args_is_help=True)
 app.add_typer(references_app, name="references")
@@ -353,8 +402,8 @@ def references_build(
     meshes: Annotated[Optional[Path], typer.Option(help="Folder of reference meshes (<category>/<mesh> or flat).")] = None,
     toys4k: Annotated[Optional[Path], typer.Option(help="Toys4K folder of meshes (<class>/<object>/<mesh>).")] = None,
     toys4k_csv: Annotated[Optional[Path], typer.Option(help="TRELLIS-500K's Toys4k.csv.")] = None,
-    preset: PresetOpt = "canonical",
-    up_axis: Annotated[str, typer.Option(help="Up axis of the reference meshes (Toys4K: +z).")] = "+z",
+    preset: PresetOpt = DEFAULTS.preset,
+    up_axis: Annotated[str, typer.Option(help="Up axis of the reference meshes (Toys4K: +z).")] = DEFAULTS.up_axis,
     workers: WorkersOpt = 1, backend: BackendOpt = None,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
 ) -> None:

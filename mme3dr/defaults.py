@@ -16,7 +16,8 @@ class Defaults:
     command_timeout_s: float = 600.0
     #: File extension the ``command`` adapter asks the program to write (``{output}``).
     command_output_ext: str = "glb"
-    #: Up axis assumed for assets whose adapter does not declare one (Toys4K and our cameras are z-up).
+    #: Up axis assumed for assets whose adapter does not declare one, for `mme3dr render ASSET` and for reference
+    #: meshes (Toys4K and our cameras are z-up). The folder and command adapters take it as their default too.
     up_axis: str = "+z"
     #: After normalisation the asset's bounding box is centred and its largest extent is ``2 * half_extent``.
     normalised_half_extent: float = 0.5
@@ -34,9 +35,16 @@ class Defaults:
     assets_dir: str = "assets"
     #: Environment variable naming a folder of model weights (see mme3dr.metrics.weights).
     weights_env: str = "MME3DR_WEIGHTS"
+    #: Render preset of `render`, `score`, `evaluate` and `references build` when none is named.
+    preset: str = "canonical"
+    #: Metrics of `mme3dr score` / `evaluate` when none are named. `geometry` needs no weights; `clip` needs the CLIP
+    #: weights (a missing weight stops the command up front, naming every missing one and how to provide it).
+    metrics: tuple[str, ...] = ("clip", "geometry")
     #: CLIP backbone of the released evaluation code: OpenAI ViT-B/32.
     clip_model: str = "ViT-B-32"
     clip_pretrained: str = "openai"
+    #: DINOv2 backbone of the kid_dinov2 / fid_dinov2 / ar3d_compat_kd metrics (hub id or local folder).
+    dinov2_model: str = "facebook/dinov2-base"
     #: Images per forward pass for feature extractors (does not change any score).
     batch_size: int = 32
     #: VLM judge: model id (or local path) and how many evenly spaced views go into one query.
@@ -46,6 +54,8 @@ class Defaults:
     #: OpenAI-compatible VLM server: seconds per request and attempts per query.
     vlm_timeout_s: float = 120.0
     vlm_retries: int = 3
+    #: Environment variable holding the API key of the OpenAI-compatible VLM server (read when none is passed).
+    vlm_api_key_env: str = "MME3DR_VLM_API_KEY"
     #: Output files of `mme3dr score`.
     scores_file: str = "scores.jsonl"
     set_scores_file: str = "set_scores.json"

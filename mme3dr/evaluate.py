@@ -14,19 +14,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mme3dr.adapters import ModelSpec, create_generator
+from mme3dr.adapters import ModelSpec, coerce_model_args, create_generator
 from mme3dr.data import load_benchmark
 from mme3dr.defaults import DEFAULTS
 from mme3dr.generation import GenerationSummary, generate_run
 from mme3dr.jsonl import read_jsonl
-from mme3dr.metrics.scoring import ScoreOptions, ScoreSummary, build_metrics, parse_metrics, score_run
+from mme3dr.metrics.scoring import (ScoreOptions, ScoreSummary, build_metrics, no_weights_hint, parse_metrics,
+                                   score_run)
+from mme3dr.metrics.weights import WeightsCheck
 from mme3dr.render.presets import RenderPreset, get_preset
 from mme3dr.render.runs import RenderSummary, render_run
 from mme3dr.runinfo import update_run_info
 from mme3dr.runlock import run_lock
-
-DEFAULT_METRICS = ("clip", "geometry")
-
 
 @dataclass
 class EvaluationSummary:
@@ -57,19 +56,28 @@ def _metric_configs(run_dir: Path) -> dict[str, Any]:
 
 
 def evaluate(model: str, out: Path | str, model_args: dict[str, Any] | None = None,
-             metrics: Sequence[str] = DEFAULT_METRICS, reference: Path | str | None = None,
+             metrics: Sequence[str] = DEFAULTS.metrics, reference: Path | str | None = None,
              categories: Sequence[str] | None = None, limit: int | None = None, seed: int = DEFAULTS.seed,
              preset: RenderPreset | None = None, options: ScoreOptions | None = None, source: str | None = None,
              workers: int = 1, report: bool = True, progress: bool = True,
              retry_failed: bool = False) -> EvaluationSummary:
-    """Run the whole benchmark for one model into ``out`` (see the module docstring)."""
-    out, model_args = Path(out), dict(model_args or {})
-    preset = preset or get_preset("canonical")
+    """Run the whole benchmark for one model into ``out`` (see the module docstring).
+
+    Before anything is written (the run folder is not even created), the prompts, the model and its arguments, the
+    reference set and every weight are checked; all missing weights (the generator's and every metric's) are named
+    in one :class:`~mme3dr.metrics.weights.MissingWeightsError`.
+    """
+    out = Path(out)
+    model_args = coerce_model_args(model, model_args or {})
+    preset = preset or get_preset(DEFAULTS.preset)
     metrics = parse_metrics(metrics)
+    bench = load_benchmark(categories=categories, limit=limit, source=source)
+    generator = create_generator(model, **model_args)
+    check = WeightsCheck()
+    check.attempt(f"model {model}", generator.check)
+    built = build_metrics(metrics, preset, reference, options, check)
+    check.raise_if_missing(no_weights_hint(metrics))
     with run_lock(out):
-        bench = load_benchmark(categories=categories, limit=limit, source=source)
-        generator = create_generator(model, **model_args)
-        built = build_metrics(metrics, preset, reference, options)  # weights and reference checked before any work
         spec = ModelSpec(model, model_args)
         update_run_info(out, model=spec.to_dict(), seed=seed, prompts={"source": bench.source, "n": len(bench),
                         "counts": dict(bench.counts())}, preset={"name": preset.name, "hash": preset.hash,

@@ -50,8 +50,9 @@ class GenerationRecord:
     def ok(self) -> bool:
         return self.error is None
 
-    def resolved_asset(self, run_dir: Path) -> Path | None:
-        return None if self.asset_path is None else (run_dir / self.asset_path).resolve()
+    def resolved_asset(self, run_dir: Path | str) -> Path | None:
+        """The asset's absolute path (``asset_path`` is relative to ``run_dir`` when inside it)."""
+        return None if self.asset_path is None else (Path(run_dir) / self.asset_path).resolve()
 
 
 @dataclass
@@ -64,10 +65,16 @@ class GenerationSummary:
     seconds: float
     failures: list[tuple[str, str]] = field(default_factory=list)
 
+    #: Prompts skipped because an earlier call recorded them as failed (``--retry-failed`` tries them again).
+    failed_earlier: int = 0
+
     def lines(self) -> list[str]:
         out = [f"{self.generated} generated, {self.failed} failed, {self.skipped} already done "
                f"(of {self.total} prompts) in {self.seconds:.1f} s -> {self.run_dir / DEFAULTS.generations_file}"]
         out += [f"  FAILED {pid}: {err}" for pid, err in self.failures]
+        if self.failed_earlier:
+            out.append(f"  {self.failed_earlier} of the prompts already done failed in an earlier call; "
+                       "--retry-failed generates them again")
         return out
 
 
@@ -114,6 +121,7 @@ def generate_run(generator: Generator, prompts: Sequence[PromptRecord], run_dir:
     in the log are skipped (so a finished run does no work); ``retry_failed`` generates the failed ones again.
     """
     run_dir = Path(run_dir)
+    generator.check()  # missing weights stop the run here, before anything is written
     run_dir.mkdir(parents=True, exist_ok=True)
     spec = model_spec or ModelSpec(f"{type(generator).__module__}:{type(generator).__qualname__}")
     log = run_dir / DEFAULTS.generations_file
@@ -130,8 +138,11 @@ def generate_run(generator: Generator, prompts: Sequence[PromptRecord], run_dir:
             or (not rec.ok and not retry_failed)}
     todo = [p for p in prompts if p.id not in done]
     start = time.perf_counter()
+    wanted = {p.id for p in prompts}
     summary = GenerationSummary(run_dir, total=len(prompts), generated=0, failed=0,
-                                skipped=len(prompts) - len(todo), seconds=0.0)
+                                skipped=len(prompts) - len(todo), seconds=0.0,
+                                failed_earlier=sum(1 for pid, rec in previous.items()
+                                                   if not rec.ok and pid in wanted and pid in done))
     batch = max(1, int(getattr(generator, "batch_size", 1)))
     bar = tqdm(total=len(todo), desc="generate", unit="prompt", disable=not progress or not todo)
     for i in range(0, len(todo), batch):

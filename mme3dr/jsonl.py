@@ -51,11 +51,22 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
     return records
 
 
+def umask_mode(base: int) -> int:
+    """``base`` (0o666 for files, 0o777 for folders) less the process umask: the mode ``open``/``mkdir`` would give.
+    ``tempfile`` creates private (0600/0700) files and folders; what they become is chmod-ed to this, so reports and
+    renders can be shared and served like any other file."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return base & ~mask
+
+
 def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` via a temporary file and ``os.replace`` (never a half-written file)."""
+    """Write ``text`` to ``path`` via a temporary file and ``os.replace`` (never a half-written file); the file gets
+    the usual permissions (:func:`umask_mode`)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, umask_mode(0o666))
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
             f.flush()

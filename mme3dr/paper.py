@@ -45,6 +45,27 @@ def run_numbers(run_dir: Path | str) -> dict[str, float]:
             "kd_dinov2_x100": overall("kid_dinov2", 100.0), "fd_incep": overall("fid", 1.0)}
 
 
+def _check_run(run_dir: Path) -> None:
+    if not (run_dir / DEFAULTS.generations_file).is_file():
+        raise FileNotFoundError(f"{run_dir} is not a run folder (no {DEFAULTS.generations_file}); pass the --out folder "
+                                "of `mme3dr evaluate` or `mme3dr generate`")
+
+
+def run_notes(run_dir: Path | str) -> list[str]:
+    """Why a run's Table 4 row may be empty: which of its columns the run has not scored, and how to score them."""
+    run_dir = Path(run_dir)
+    _check_run(run_dir)
+    nums = run_numbers(run_dir)
+    empty = [c for c in TABLE4_COLUMNS if np.isnan(nums[c])]
+    if not empty:
+        return []
+    scored = sorted({r["metric"] for r in read_jsonl(run_dir / DEFAULTS.scores_file)})
+    needs = {"clip_score": "clip", "kd_incep_x100": "kid", "kd_dinov2_x100": "kid_dinov2", "fd_incep": "fid"}
+    return [f"{run_dir}: no {', '.join(needs[c] for c in empty)} scores (it has: {', '.join(scored) or 'none'}), so "
+            f"its {', '.join(empty)} cells are empty; add them with `mme3dr score {run_dir} --metrics "
+            f"{','.join(needs[c] for c in empty)} --reference REF`"]
+
+
 def run_label(run_dir: Path | str) -> str:
     """The model name recorded in ``run.json`` (the folder name when there is none)."""
     path = Path(run_dir) / "run.json"
@@ -62,7 +83,9 @@ def table4_with_runs(run_dirs: list[Path | str] | None = None, names: list[str] 
     if benchmark is not None:
         t = t[t["benchmark"] == benchmark].reset_index(drop=True)
     t.insert(2, "source", "published")
-    run_dirs = list(run_dirs or [])
+    run_dirs = [Path(r) for r in run_dirs or []]
+    for r in run_dirs:
+        _check_run(r)
     names = list(names or []) + [run_label(r) for r in run_dirs[len(names or []):]]
     rows = [{"benchmark": "MME-3DR (this toolkit)", "method": name, "source": str(run), **run_numbers(run),
              "note": "prompt set authored by this toolkit; not the official item list"}

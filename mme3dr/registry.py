@@ -7,8 +7,12 @@ never imports heavy dependencies. Third-party packages add entries through an en
 
 from __future__ import annotations
 
+import ast
 import difflib
 import importlib
+import importlib.util
+import inspect
+import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from importlib.metadata import entry_points
@@ -106,6 +110,17 @@ class Registry(Generic[T]):
             raise KeyError(f"unknown {self.kind} {name!r}.{did_you_mean(name, self._entries)} "
                            f"Registered: {', '.join(sorted(self._entries)) or '(none)'}.") from None
 
+    def describe(self, name: str) -> str:
+        """First line of the entry's docstring as plain text, read from its source file without importing it
+        (so listing a registry stays fast); falls back to importing when the source cannot be read."""
+        target = self._lookup(name).target
+        doc = None
+        if isinstance(target, str):
+            doc = _static_docstring(target)
+        if doc is None:
+            doc = inspect.getdoc(self.get(name)) or ""
+        return plain_text(doc.strip().split("\n\n")[0].replace("\n", " ")) if doc else ""
+
     def get(self, name: str) -> T:
         """Return the object for ``name``, importing a lazy entry on first use."""
         entry = self._lookup(name)
@@ -116,3 +131,34 @@ class Registry(Generic[T]):
     def __contains__(self, name: object) -> bool:
         self._load_entry_points()
         return name in self._entries
+
+
+_ROLES = re.compile(r":(?:class|func|meth|mod|attr|data|obj|exc):`~?([^`]+)`")
+
+
+def plain_text(text: str) -> str:
+    """reST inline markup to plain text: ``:class:`~a.B``` -> ``B``, double backquotes -> nothing."""
+    text = _ROLES.sub(lambda m: m.group(1).rsplit(".", 1)[-1] if m.group(0).count("~") else m.group(1), text)
+    return re.sub(r"`+([^`]+)`+", r"\1", text)
+
+
+def _static_docstring(target: str) -> str | None:
+    """Docstring of ``module:attr`` parsed from the module's source (no import of the module itself), or None."""
+    module_name, _, attr = target.partition(":")
+    try:
+        spec = importlib.util.find_spec(module_name)
+        if spec is None or not spec.origin or not spec.origin.endswith(".py"):
+            return None
+        with open(spec.origin, encoding="utf-8") as f:
+            tree = ast.parse(f.read())
+    except (ImportError, OSError, SyntaxError, ValueError):
+        return None
+    node: ast.AST = tree
+    for part in attr.split("."):
+        found = [n for n in getattr(node, "body", []) if isinstance(n, (ast.ClassDef, ast.FunctionDef,
+                                                                         ast.AsyncFunctionDef)) and n.name == part]
+        if not found:
+            return None
+        node = found[0]
+    doc = ast.get_docstring(node)
+    return inspect.cleandoc(doc) if doc else None

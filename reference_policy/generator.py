@@ -21,7 +21,7 @@ import numpy as np
 import trimesh
 from scipy import ndimage
 
-from mme3dr.adapters.base import GenerationRequest, GenerationResult, Generator
+from mme3dr.adapters.base import GenerationRequest, GenerationResult, Generator, check_device
 from mme3dr.metrics.weights import MissingWeightsError
 from reference_policy.evaluate import TEMPERATURE, TOP_K
 from reference_policy.policy import ReferencePolicy, Rollout
@@ -47,25 +47,39 @@ def surface_mesh(grid: np.ndarray) -> trimesh.Trimesh:
 
 
 class ReferenceGenerator(Generator):
-    """The reference policy (module docstring). ``batch_size`` prompts are decoded together."""
+    """The bundled reference policy: text -> plan -> 3D tokens -> coloured mesh, on the CPU with no downloads.
+
+    Options: ``checkpoint`` (a folder of the same layout), ``device``, ``temperature``, ``top_k`` and
+    ``batch_size`` (prompts decoded together); see the module docstring.
+    """
 
     up_axis = "+y"
 
     def __init__(self, checkpoint: str | None = None, device: str = "cpu", temperature: float = TEMPERATURE,
                  top_k: int = TOP_K, batch_size: int = 32) -> None:
+        if temperature <= 0:
+            raise ValueError(f"reference model: temperature must be > 0, got {temperature}")
+        if top_k < 0 or batch_size < 1:
+            raise ValueError(f"reference model: top_k must be >= 0 (0 = no truncation) and batch_size >= 1, got "
+                             f"top_k={top_k}, batch_size={batch_size}")
         self.checkpoint = Path(checkpoint).expanduser() if checkpoint else CHECKPOINT
-        self.device, self.temperature, self.top_k, self.batch_size = device, temperature, top_k, batch_size
+        self.device = check_device(device)
+        self.temperature, self.top_k, self.batch_size = temperature, top_k, batch_size
         self._policy: ReferencePolicy | None = None
 
+    def check(self) -> None:
+        """A folder without a checkpoint raises :class:`MissingWeightsError` saying how to provide one."""
+        if not (self.checkpoint / "policy.json").is_file():
+            raise MissingWeightsError(
+                f"no reference-policy checkpoint in {self.checkpoint} (policy.json missing). The bundled one lives "
+                f"in reference_policy/checkpoint of the source tree; reinstall mme3dr from a full checkout, or "
+                f"train one with `python -m reference_policy.pretrain --out DIR --device cuda` and pass "
+                f"--model-arg checkpoint=DIR.")
+
     def load(self) -> ReferencePolicy:
-        """The policy, loaded on first use; a folder without a checkpoint raises :class:`MissingWeightsError`."""
+        """The policy, loaded on first use (after :meth:`check`)."""
         if self._policy is None:
-            if not (self.checkpoint / "policy.json").is_file():
-                raise MissingWeightsError(
-                    f"no reference-policy checkpoint in {self.checkpoint} (policy.json missing). The bundled one lives "
-                    f"in reference_policy/checkpoint of the source tree; reinstall mme3dr from a full checkout, or "
-                    f"train one with `python -m reference_policy.pretrain --out DIR --device cuda` and pass "
-                    f"--model-arg checkpoint=DIR.")
+            self.check()
             self._policy = ReferencePolicy.from_pretrained(self.checkpoint, self.device)
         return self._policy
 

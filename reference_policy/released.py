@@ -34,10 +34,11 @@ import numpy as np
 import torch
 import trimesh
 
-from mme3dr.adapters.base import GenerationRequest, GenerationResult, Generator
+from mme3dr.adapters.base import GenerationRequest, GenerationResult, Generator, check_device
 from mme3dr.metrics.weights import MissingWeightsError, missing_message, resolve_local
 from mme3dr.registry import import_target
-from reference_policy.shapellm_vqvae import CODEBOOK_SIZE, N_TOKENS, ShapeVQVAE, load_vqvae, occupancy_to_mesh
+from reference_policy.shapellm_vqvae import (CODEBOOK_SIZE, N_TOKENS, ShapeVQVAE, find_vqvae, load_vqvae,
+                                             occupancy_to_mesh)
 
 AR3D_R1_MODEL = "IvanTang/3DGen-R1"
 SHAPELLM_OMNI_MODEL = "yejunliang23/ShapeLLM-7B-omni"
@@ -90,13 +91,20 @@ class ReleasedMeshLLM(Generator):
 
     up_axis = "+y"
     batch_size = 1
+    #: The hub id used when no ``model`` is given (set by the registered subclasses).
+    default_model: str | None = None
 
-    def __init__(self, model: str, vqvae: str | None = None, device: str | None = None, max_new_tokens: int = 2048,
-                 temperature: float = 0.7, top_p: float = 0.7, top_k: int = 8192, texturer: str | None = None,
-                 prompt_template: str = PROMPT_TEMPLATE, pad_short: bool = False) -> None:
-        self.model = model
+    def __init__(self, model: str | None = None, vqvae: str | None = None, device: str | None = None,
+                 max_new_tokens: int = 2048, temperature: float = 0.7, top_p: float = 0.7, top_k: int = 8192,
+                 texturer: str | None = None, prompt_template: str = PROMPT_TEMPLATE, pad_short: bool = False) -> None:
+        if model is None and self.default_model is None:
+            raise ValueError("pass --model-arg model=PATH_OR_HUB_ID (the mesh-token checkpoint)")
+        if temperature <= 0 or not 0 < top_p <= 1 or top_k < 1 or max_new_tokens < 1:
+            raise ValueError(f"sampling settings out of range: temperature {temperature} (> 0), top_p {top_p} "
+                             f"(0, 1], top_k {top_k} (>= 1), max_new_tokens {max_new_tokens} (>= 1)")
+        self.model = model or self.default_model
         self.vqvae_path = vqvae
-        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        self.device = check_device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.max_new_tokens = max_new_tokens
         self.temperature = temperature
         self.top_p = top_p
@@ -110,21 +118,41 @@ class ReleasedMeshLLM(Generator):
         self._net: Any = None
         self._vqvae: ShapeVQVAE | None = None
 
+    def _source(self) -> str:
+        """The local folder of ``model`` (an explicit path must exist; ``$MME3DR_WEIGHTS`` copies of a hub id are
+        preferred), else the hub id."""
+        path = Path(self.model).expanduser()
+        explicit = path if path.exists() or path.is_absolute() or self.model.startswith(".") else None
+        return str(resolve_local(self.model, explicit) or self.model)
+
+    def check(self) -> None:
+        """Find both weights without loading them: a missing local path, or (offline) a hub id that is not in the
+        hub cache, raises :class:`MissingWeightsError` saying how to provide it."""
+        from huggingface_hub import constants, try_to_load_from_cache
+
+        source = self._source()
+        if not Path(source).exists() and constants.HF_HUB_OFFLINE and \
+                not isinstance(try_to_load_from_cache(source, "config.json"), str):
+            raise MissingWeightsError(missing_message(
+                "mesh-token LLM", self.model, self.model, FileNotFoundError(
+                    f"{source} is neither a local folder nor in the hub cache, and HF_HUB_OFFLINE is set"),
+                "--model-arg model="))
+        find_vqvae(self.vqvae_path)
+
     def load(self) -> None:
         """Load the language model, its processor and the VQ-VAE now."""
         if self._net is not None:
             return
         from transformers import AutoProcessor, Qwen2_5_VLForConditionalGeneration
 
-        path = Path(self.model).expanduser()
-        explicit = path if path.exists() or path.is_absolute() or self.model.startswith(".") else None
-        source = str(resolve_local(self.model, explicit) or self.model)
+        source = self._source()
         dtype = torch.bfloat16 if str(self.device).startswith("cuda") else torch.float32
         try:
             processor = AutoProcessor.from_pretrained(source)
             net = Qwen2_5_VLForConditionalGeneration.from_pretrained(source, dtype=dtype)
         except (OSError, ValueError) as exc:  # not found, offline, not a model folder
-            raise MissingWeightsError(missing_message("mesh-token LLM", self.model, self.model, exc, "model=")) from exc
+            raise MissingWeightsError(missing_message("mesh-token LLM", self.model, self.model, exc,
+                                                      "--model-arg model=")) from exc
         missing = [t for t in (MESH_START, "<mesh0>", f"<mesh{CODEBOOK_SIZE - 1}>", MESH_END)
                    if processor.tokenizer.convert_tokens_to_ids(t) in (None, processor.tokenizer.unk_token_id)]
         if missing:
@@ -177,11 +205,13 @@ class ReleasedMeshLLM(Generator):
             "texturer": self.texturer_name})
 
 
-def ar3d_r1(model: str = AR3D_R1_MODEL, **kw: Any) -> ReleasedMeshLLM:
+class AR3DR1(ReleasedMeshLLM):
     """AR3D-R1 (one-step GRPO checkpoint ``IvanTang/3DGen-R1``) with the released sampling settings."""
-    return ReleasedMeshLLM(model=model, **kw)
+
+    default_model = AR3D_R1_MODEL
 
 
-def shapellm_omni(model: str = SHAPELLM_OMNI_MODEL, **kw: Any) -> ReleasedMeshLLM:
+class ShapeLLMOmni(ReleasedMeshLLM):
     """ShapeLLM-Omni 7B (``yejunliang23/ShapeLLM-7B-omni``) with the released sampling settings."""
-    return ReleasedMeshLLM(model=model, **kw)
+
+    default_model = SHAPELLM_OMNI_MODEL

@@ -219,7 +219,7 @@ def find_vqvae(path_or_dir: str | Path | None = None) -> Path:
         found = in_folder(path) if path is not None else None
         if found is None:
             raise MissingWeightsError(missing_message("3D VQ-VAE", f"{VQVAE_REPO}/{VQVAE_FILE}", VQVAE_FILE,
-                                                      FileNotFoundError(f"no {VQVAE_FILE} in {path}"), "vqvae="))
+                                                      FileNotFoundError(f"no {VQVAE_FILE} in {path}"), "--model-arg vqvae="))
         return found
     for name in (VQVAE_REPO, VQVAE_FILE):
         local = resolve_local(name)
@@ -232,7 +232,7 @@ def find_vqvae(path_or_dir: str | Path | None = None) -> Path:
         return Path(hf_hub_download(repo_id=VQVAE_REPO, filename=VQVAE_FILE))
     except Exception as exc:  # offline, not cached, no access: all mean "provide the file yourself"
         raise MissingWeightsError(missing_message("3D VQ-VAE", f"{VQVAE_REPO}/{VQVAE_FILE}", VQVAE_FILE, exc,
-                                                  "vqvae=")) from exc
+                                                  "--model-arg vqvae=")) from exc
 
 
 def load_vqvae(path_or_dir: str | Path | None = None, device: str | torch.device = "cpu") -> ShapeVQVAE:

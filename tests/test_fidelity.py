@@ -66,6 +66,8 @@ def test_kid_fid_on_real_renders_through_torch_fidelity(tmp_path):
     torch-fidelity's own calculate_metrics on the same image folders with the same weights."""
     import torch_fidelity
     from PIL import Image
+    from torch_fidelity.metric_kid import kid_features_to_metric
+    from torch_fidelity.utils import create_feature_extractor, extract_featuresdict_from_input_id
 
     weights = tiny_features.random_inception_weights(tmp_path / "inception.pth")
     preset = get_preset("canonical").with_overrides(resolution=64, n_views=8, background="white")
@@ -93,9 +95,27 @@ def test_kid_fid_on_real_renders_through_torch_fidelity(tmp_path):
         flat[name].mkdir()
         for i, p in enumerate(paths):
             Image.open(p).convert("RGB").save(flat[name] / f"{i:03d}.png")
-    ref = torch_fidelity.calculate_metrics(
-        input1=str(flat["A"]), input2=str(flat["B"]), kid=True, fid=True, cuda=False, cache=False, verbose=False,
-        feature_extractor="inception-v3-compat", feature_extractor_weights_path=str(weights),
-        kid_subset_size=12, kid_subsets=50)
-    assert kid_ab == pytest.approx(ref["kernel_inception_distance_mean"], rel=1e-6, abs=1e-9)
+    kw = dict(input1=str(flat["A"]), input2=str(flat["B"]), cuda=False, cache=False, verbose=False,
+              feature_extractor="inception-v3-compat", feature_extractor_weights_path=str(weights),
+              kid_subset_size=12, kid_subsets=50)
+    ref = torch_fidelity.calculate_metrics(kid=True, fid=True, **kw)
+    # 1. Like with like: torch-fidelity's own feature extraction of the same images gives our features exactly.
+    extractor = create_feature_extractor("inception-v3-compat", ["2048"], cuda=False,
+                                         feature_extractor_weights_path=str(weights))
+    ta, tb = (extract_featuresdict_from_input_id(i, extractor, **kw)["2048"] for i in (1, 2))
+    np.testing.assert_array_equal(fa, ta.numpy())
+    np.testing.assert_array_equal(fb, tb.numpy())
+    # 2. The same arithmetic: our KID (float64 kernel) is torch-fidelity's KID of those features in float64, and
+    #    torch-fidelity end to end is its KID of the float32 features.
+    t64 = kid_features_to_metric(ta.double(), tb.double(), kid_subsets=50, kid_subset_size=12, verbose=False)
+    t32 = kid_features_to_metric(ta, tb, kid_subsets=50, kid_subset_size=12, verbose=False)
+    assert kid_ab == pytest.approx(t64["kernel_inception_distance_mean"], rel=1e-12)
+    assert ref["kernel_inception_distance_mean"] == t32["kernel_inception_distance_mean"]
+    # 3. float64 vs float32 kernels differ by rounding only. Each kernel entry (x.y/d + 1)^3 is a length-d dot
+    #    product in float32, whose rounding error grows like sqrt(d) * u * |k| (u = 2^-24, the probabilistic bound
+    #    for a sum of d rounded terms); MMD^2 combines means of three kernel blocks, so the difference is at most
+    #    sqrt(d) * u * (mean|Kxx| + mean|Kyy| + 2 mean|Kxy|).
+    x, y, d = ta.double().numpy(), tb.double().numpy(), ta.shape[1]
+    kernel_mass = sum(w * np.abs((p @ q.T / d + 1) ** 3).mean() for w, p, q in ((1, x, x), (1, y, y), (2, x, y)))
+    assert abs(kid_ab - ref["kernel_inception_distance_mean"]) <= np.sqrt(d) * 2.0 ** -24 * kernel_mass
     assert fid_from_features(fa, fb) == pytest.approx(ref["frechet_inception_distance"], rel=1e-5)

@@ -26,9 +26,9 @@ from reference_policy.released import (
     MESH_TOKENS,
     MeshTokenError,
     ReleasedMeshLLM,
-    ar3d_r1,
+    AR3DR1,
     parse_mesh_tokens,
-    shapellm_omni,
+    ShapeLLMOmni,
 )
 from reference_policy.shapellm_vqvae import (
     SMALL_CHANNELS,
@@ -148,8 +148,8 @@ def test_missing_weights_name_what_to_provide(tmp_path, monkeypatch):
     with pytest.raises(MissingWeightsError, match="3DVQVAE.bin"):
         load_vqvae(tmp_path)  # a folder without the file
     with pytest.raises(MissingWeightsError, match="IvanTang/3DGen-R1"):
-        ar3d_r1(vqvae=str(tmp_path)).load()
-    assert shapellm_omni().model == "yejunliang23/ShapeLLM-7B-omni"
+        AR3DR1(vqvae=str(tmp_path)).load()
+    assert ShapeLLMOmni().model == "yejunliang23/ShapeLLM-7B-omni"
 
 
 def test_missing_checkpoint_stops_the_run_before_recording_anything(tmp_path, monkeypatch):
@@ -158,7 +158,7 @@ def test_missing_checkpoint_stops_the_run_before_recording_anything(tmp_path, mo
     from mme3dr.generation import generate_run
 
     with pytest.raises(MissingWeightsError, match="IvanTang/3DGen-R1"):
-        generate_run(ar3d_r1(vqvae=str(tmp_path)), load_benchmark(limit=3), tmp_path / "RUN", progress=False)
+        generate_run(AR3DR1(vqvae=str(tmp_path)), load_benchmark(limit=3), tmp_path / "RUN", progress=False)
     log = tmp_path / "RUN" / "generations.jsonl"
     assert not log.exists() or log.read_text().strip() == ""
 

@@ -1,7 +1,9 @@
 """Generator adapters: the interface, the registry and model specs.
 
-Built-in adapters are registered lazily (``module:attr``), so ``mme3dr models`` imports nothing heavy.
-Third-party packages add adapters through the entry-point group ``mme3dr.generators``::
+Built-in adapters are registered lazily (``module:attr``), so ``mme3dr models`` imports nothing heavy. Other
+packages add adapters through the entry-point group ``mme3dr.generators``; the bundled ``reference``, ``ar3d-r1``
+and ``shapellm-omni`` adapters (the reference-policy package of this distribution) are registered this way too, so
+the dependency runs one way::
 
     [project.entry-points."mme3dr.generators"]
     my-model = "my_package.adapter:MyGenerator"
@@ -11,8 +13,11 @@ from __future__ import annotations
 
 import inspect
 import json
+import types
+import typing
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from mme3dr.adapters.base import UP_AXES, GenerationRequest, GenerationResult, Generator, parse_up_axis
@@ -22,9 +27,6 @@ GENERATORS: Registry[Callable[..., Generator]] = Registry("model", entry_point_g
 GENERATORS.register("folder", "mme3dr.adapters.folder:FolderGenerator", origin="builtin")
 GENERATORS.register("command", "mme3dr.adapters.command:CommandGenerator", origin="builtin")
 GENERATORS.register("python", "mme3dr.adapters.python:python_generator", origin="builtin")
-GENERATORS.register("reference", "reference_policy.generator:ReferenceGenerator", origin="builtin")
-GENERATORS.register("ar3d-r1", "reference_policy.released:ar3d_r1", origin="builtin")
-GENERATORS.register("shapellm-omni", "reference_policy.released:shapellm_omni", origin="builtin")
 
 
 @dataclass(frozen=True)
@@ -43,7 +45,8 @@ class ModelSpec:
 
 
 def parse_value(text: str) -> Any:
-    """``"true"``/``"false"`` -> bool, integer and float literals -> numbers, anything else stays a string."""
+    """For arguments of unknown type: ``"true"``/``"false"`` -> bool, integer and float literals -> numbers, anything
+    else stays a string. Arguments whose parameter is annotated are converted by :func:`coerce_model_args`."""
     low = text.strip().lower()
     if low in ("true", "false"):
         return low == "true"
@@ -55,35 +58,78 @@ def parse_value(text: str) -> Any:
     return text
 
 
-def parse_model_args(pairs: Iterable[str]) -> dict[str, Any]:
-    """Parse ``["key=value", ...]`` (the CLI's repeated ``--model-arg``) into keyword arguments."""
-    args: dict[str, Any] = {}
+def parse_model_args(pairs: Iterable[str]) -> dict[str, str]:
+    """Parse ``["key=value", ...]`` (the CLI's repeated ``--model-arg``) into a dict of strings; the values are
+    converted to each parameter's type by :func:`coerce_model_args`."""
+    args: dict[str, str] = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep or not key.strip():
             raise ValueError(f"--model-arg {pair!r} must look like key=value")
-        args[key.strip()] = parse_value(value)
+        args[key.strip()] = value
     return args
 
 
-def create_generator(name: str, **args: Any) -> Generator:
-    """Instantiate the registered model ``name`` with ``args``; bad argument names get a clear error."""
-    factory = GENERATORS.get(name)
+_TRUE, _FALSE = ("true", "1", "yes", "on"), ("false", "0", "no", "off")
+_KINDS = {int: "an integer", float: "a number", bool: "true or false", str: "text", Path: "a path"}
+
+
+def _convert(name: str, key: str, text: str, annotation: Any) -> Any:
+    """``text`` as ``annotation`` (int, float, bool, str, Path, or an Optional of one); other annotations get
+    :func:`parse_value`. A value that does not fit raises ``ValueError`` naming the argument and what it takes."""
+    options = [a for a in (typing.get_args(annotation) if typing.get_origin(annotation) in (typing.Union,
+               types.UnionType) else (annotation,)) if a is not type(None)]
+    if len(options) != 1 or options[0] not in _KINDS:
+        return parse_value(text)
+    kind = options[0]
+    if kind in (str, Path):
+        return kind(text)
+    if kind is bool:
+        if text.strip().lower() in _TRUE + _FALSE:
+            return text.strip().lower() in _TRUE
+    else:
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    raise ValueError(f"model {name!r}: --model-arg {key}={text!r}: {key} takes {_KINDS[kind]}")
+
+
+def _signature(factory: Any) -> tuple[inspect.Signature | None, dict[str, Any]]:
     try:
         sig = inspect.signature(factory)
     except (TypeError, ValueError):
-        sig = None
-    if sig is not None:
-        try:
-            sig.bind(**args)
-        except TypeError as exc:
-            params = [p for p in sig.parameters if p != "self" and sig.parameters[p].kind not in
-                      (inspect.Parameter.VAR_KEYWORD, inspect.Parameter.VAR_POSITIONAL)]
-            unknown = [a for a in args if a not in sig.parameters]
-            hint = did_you_mean(unknown[0], params) if unknown else ""
-            raise TypeError(f"model {name!r}: {exc}.{hint} It takes: {', '.join(params) or '(no arguments)'} "
-                            f"(pass them as --model-arg key=value).") from None
-    generator = factory(**args)
+        return None, {}
+    try:
+        hints = typing.get_type_hints(factory.__init__ if inspect.isclass(factory) else factory)
+    except Exception:  # unresolvable annotations: fall back to parse_value for every argument
+        hints = {}
+    return sig, hints
+
+
+def coerce_model_args(name: str, args: Mapping[str, Any]) -> dict[str, Any]:
+    """Check ``args`` against the registered model's parameters before any work: unknown names get a "did you
+    mean" error listing what the model takes, and string values (from ``--model-arg``) are converted to each
+    parameter's annotated type (``timeout=abc`` for a float parameter is an error naming ``timeout``). Values that
+    are not strings (from Python) are kept as they are."""
+    factory = GENERATORS.get(name)
+    sig, hints = _signature(factory)
+    if sig is None:
+        return dict(args)
+    params = {p: v for p, v in sig.parameters.items() if p != "self" and v.kind not in
+              (inspect.Parameter.VAR_KEYWORD, inspect.Parameter.VAR_POSITIONAL)}
+    takes_more = any(v.kind is inspect.Parameter.VAR_KEYWORD for v in sig.parameters.values())
+    unknown = [a for a in args if a not in params]
+    if unknown and not takes_more:
+        raise TypeError(f"model {name!r} has no argument {unknown[0]!r}.{did_you_mean(unknown[0], params)} "
+                        f"It takes: {', '.join(params) or '(no arguments)'} (pass them as --model-arg key=value).")
+    return {k: _convert(name, k, v, hints.get(k, Any)) if isinstance(v, str) else v for k, v in args.items()}
+
+
+def create_generator(name: str, **args: Any) -> Generator:
+    """Instantiate the registered model ``name`` with ``args`` (checked and converted by
+    :func:`coerce_model_args`); bad names and values get a clear error before any work."""
+    generator = GENERATORS.get(name)(**coerce_model_args(name, args))
     if not isinstance(generator, Generator):
         raise TypeError(f"model {name!r} ({GENERATORS.target_string(name)}) returned "
                         f"{type(generator).__name__}, not a mme3dr Generator")
@@ -91,10 +137,9 @@ def create_generator(name: str, **args: Any) -> Generator:
 
 
 def describe(name: str) -> str:
-    """First docstring line of a registered model (imports it)."""
-    doc = inspect.getdoc(GENERATORS.get(name)) or ""
-    return doc.splitlines()[0] if doc else ""
+    """First paragraph of a registered model's docstring, as plain text (read without importing the model)."""
+    return GENERATORS.describe(name)
 
 
 __all__ = ["GENERATORS", "UP_AXES", "GenerationRequest", "GenerationResult", "Generator", "ModelSpec",
-           "create_generator", "describe", "parse_model_args", "parse_up_axis", "parse_value"]
+           "coerce_model_args", "create_generator", "describe", "parse_model_args", "parse_up_axis", "parse_value"]

@@ -30,6 +30,26 @@ def parse_up_axis(axis: str) -> str:
     return a
 
 
+def check_device(device: str) -> str:
+    """``device`` if torch can use it here, else ``ValueError`` saying what is available (checked when a generator
+    is created, so a bad ``--model-arg device=...`` stops the command once, before any prompt)."""
+    import torch  # lazy: the CLI starts without torch
+
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise ValueError(f"device {device!r} is not a torch device (use cpu, cuda or cuda:N): {exc}") from None
+    if dev.type == "cuda":
+        n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if n == 0:
+            raise ValueError(f"device {device!r}: no CUDA GPU is visible on this machine; use device=cpu")
+        if dev.index is not None and dev.index >= n:
+            raise ValueError(f"device {device!r}: only {n} CUDA GPU(s) visible (cuda:0 ... cuda:{n - 1})")
+    elif dev.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"device {device!r}: MPS is not available here; use device=cpu")
+    return device
+
+
 def stops_the_run(exc: BaseException) -> bool:
     """True for :class:`~mme3dr.metrics.weights.MissingWeightsError`: without its weights a generator fails every
     prompt alike, so the error (with its advice text) ends the run instead of being recorded per prompt."""
@@ -88,6 +108,12 @@ class Generator(ABC):
     up_axis: str = DEFAULTS.up_axis
     #: Number of requests the runner hands to :meth:`generate` at once (results are saved after each batch).
     batch_size: int = 1
+
+    def check(self) -> None:
+        """Fail fast, before any prompt: raise :class:`~mme3dr.metrics.weights.MissingWeightsError` when weights are
+        missing (with the text saying how to provide them). The runner calls it once per run, before it writes
+        anything, and ``mme3dr evaluate`` reports it together with every missing metric weight. The default checks
+        nothing; adapters with weights override it (cheaply: it should find the files, not load a large model)."""
 
     def generate_one(self, request: GenerationRequest) -> Path | str | GenerationResult:
         """Write one asset for ``request`` (inside ``request.output_dir``) and return its path.

@@ -9,8 +9,10 @@ Prompts longer than the text context are truncated (with a warning and ``details
 
 from __future__ import annotations
 
+import logging
 import warnings
 from collections.abc import Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +23,17 @@ from PIL import Image
 from mme3dr.defaults import DEFAULTS
 from mme3dr.metrics.base import HIGHER, MetricResult, PromptMetric, ScoreItem
 from mme3dr.metrics.weights import MissingWeightsError, local_candidates, missing_message, resolve_local
+
+
+@contextmanager
+def _library_logs_silenced():
+    """Drop log records up to ERROR while a library loads weights: a failure reaches the user once, as the
+    :class:`MissingWeightsError` text, not also as the library's own ``ERROR:root`` and retry lines."""
+    logging.disable(logging.ERROR)
+    try:
+        yield
+    finally:
+        logging.disable(logging.NOTSET)
 
 
 def default_device() -> str:
@@ -54,8 +67,9 @@ class ClipModel:
         local = _local_checkpoint(model, pretrained, weights)
         self.pretrained = str(local) if local is not None else pretrained
         try:
-            self.model, _, self.preprocess = open_clip.create_model_and_transforms(
-                model, pretrained=self.pretrained, device=self.device)
+            with _library_logs_silenced():  # open_clip logs its own ERROR line before raising; ours says more
+                self.model, _, self.preprocess = open_clip.create_model_and_transforms(
+                    model, pretrained=self.pretrained, device=self.device)
         except Exception as exc:  # offline download, missing or incompatible checkpoint
             raise MissingWeightsError(missing_message("CLIP", f"{model}/{pretrained}", f"{model}-{pretrained}.pt",
                                                       exc, "--clip-weights")) from exc

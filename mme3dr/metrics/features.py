@@ -2,7 +2,7 @@
 
 - ``inception``: torch-fidelity's ``inception-v3-compat`` (the TF-Inception port used for FID/KID), 2048-d pool3
   features; images resized to 299 inside the extractor. Weights: ``weights=PATH``, else
-  ``$MME3DR_WEIGHTS/pt_inception-2015-12-05-6726825d.pth``, else torch-fidelity's download.
+  ``$MME3DR_WEIGHTS/weights-inception-2015-12-05-6726825d.pth``, else torch-fidelity's download.
 - ``dinov2``: DINOv2 CLS-token features from transformers' ``Dinov2Model`` (default ``facebook/dinov2-base``,
   768-d); images resized to 224x224 (bicubic) and normalised with the ImageNet mean/std. (torch-fidelity's own
   DINOv2 extractor needs torch.hub at run time and cannot load local weights, so it is not used.)
@@ -24,8 +24,9 @@ from PIL import Image
 from mme3dr.defaults import DEFAULTS
 from mme3dr.metrics.weights import MissingWeightsError, missing_message, resolve_local
 
-INCEPTION_FILE = "pt_inception-2015-12-05-6726825d.pth"
-DINOV2_MODEL = "facebook/dinov2-base"
+#: The file name torch-fidelity downloads (the basename of its ``URL_INCEPTION_V3``); put a copy under
+#: ``$MME3DR_WEIGHTS/`` or pass ``--inception-weights PATH``.
+INCEPTION_FILE = "weights-inception-2015-12-05-6726825d.pth"
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
@@ -89,7 +90,7 @@ class DinoV2Features(FeatureExtractor):
 
     name = "dinov2"
 
-    def __init__(self, model: str = DINOV2_MODEL, device: str | None = None,
+    def __init__(self, model: str = DEFAULTS.dinov2_model, device: str | None = None,
                  batch_size: int = DEFAULTS.batch_size) -> None:
         super().__init__(device, batch_size)
         from transformers import Dinov2Model

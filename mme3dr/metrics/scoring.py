@@ -9,6 +9,7 @@ rendered with the same preset, overall and per category, and go to ``RUN/set_sco
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -23,6 +24,7 @@ from mme3dr.defaults import DEFAULTS
 from mme3dr.generation import read_generations
 from mme3dr.jsonl import append_jsonl, atomic_write_text, read_jsonl, write_jsonl
 from mme3dr.metrics.base import MetricResult, PromptMetric, ScoreItem, composite
+from mme3dr.metrics.weights import WeightsCheck
 from mme3dr.registry import did_you_mean
 from mme3dr.render.output import file_sha256, read_render_record
 from mme3dr.render.presets import RenderPreset
@@ -33,6 +35,8 @@ from mme3dr.render.runs import RENDERS_DIR
 SET_METRICS = {"kid": ("inception", "kid"), "fid": ("inception", "fid"),
                "kid_dinov2": ("dinov2", "kid"), "fid_dinov2": ("dinov2", "fid")}
 PROMPT_METRICS = ("clip", "vlm", "geometry", "ar3d_compat_clip", "ar3d_compat_kd")
+#: Metrics that load no model weights (what runs on a machine without downloads).
+NO_WEIGHTS = ("geometry",)
 
 
 @dataclass
@@ -45,10 +49,15 @@ class ScoreOptions:
     clip_pretrained: str = DEFAULTS.clip_pretrained
     clip_weights: str | None = None
     inception_weights: str | None = None
-    dinov2_model: str = "facebook/dinov2-base"
+    dinov2_model: str = DEFAULTS.dinov2_model
     vlm_model: str = DEFAULTS.vlm_model
     vlm_server: str | None = None
+    #: API key of the VLM server; None reads ``$MME3DR_VLM_API_KEY`` (``DEFAULTS.vlm_api_key_env``).
     vlm_api_key: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.vlm_api_key is None:
+            self.vlm_api_key = os.environ.get(DEFAULTS.vlm_api_key_env) or None
 
 
 def _clip(o: ScoreOptions, ref: Path | None) -> PromptMetric:
@@ -144,21 +153,55 @@ def _items(run_dir: Path, preset: RenderPreset) -> list[tuple[ScoreItem, dict | 
     return out
 
 
+@dataclass
+class BuiltMetrics:
+    """Metric objects with their weights loaded: per-prompt metrics by name, and the feature extractors of the set
+    metrics by kind (``inception``, ``dinov2``)."""
+
+    prompt: dict[str, PromptMetric]
+    extractors: dict[str, Any]
+
+
+def _extractor(kind: str, o: ScoreOptions) -> Any:
+    from mme3dr.metrics.features import DinoV2Features, InceptionFeatures
+
+    return (InceptionFeatures(o.inception_weights, o.device, o.batch_size) if kind == "inception"
+            else DinoV2Features(o.dinov2_model, o.device, o.batch_size))
+
+
+def no_weights_hint(names: Sequence[str]) -> str:
+    """The advice that ends a missing-weights message: which of ``names`` run without any weights."""
+    free = [m for m in names if m in NO_WEIGHTS] or list(NO_WEIGHTS)
+    return f"Or leave out the metrics that need weights: --metrics {','.join(free)} runs without downloads."
+
+
 def build_metrics(metrics: Sequence[str], preset: RenderPreset, reference: Path | str | None = None,
-                  options: ScoreOptions | None = None) -> dict[str, PromptMetric]:
-    """The per-prompt metric objects (weights loaded), so a missing weight or reference fails before any work."""
+                  options: ScoreOptions | None = None, check: WeightsCheck | None = None) -> BuiltMetrics:
+    """Every metric object with its weights loaded, so a missing weight or reference fails before any work.
+
+    Every missing weight is collected and reported in one :class:`MissingWeightsError`; pass ``check`` to collect
+    into a caller's :class:`WeightsCheck` instead (the caller then raises).
+    """
     options = options or ScoreOptions()
     names = parse_metrics(metrics)
     if any(m in SET_METRICS for m in names) and reference is None:
         raise ValueError(f"{', '.join(m for m in names if m in SET_METRICS)} compare against a reference set: pass "
                          f"--reference REF (build one with `mme3dr references build --preset {preset.name}`)")
     ref_folder = _reference_folder(reference, preset) if reference is not None else None
-    return {m: FACTORIES[m](options, ref_folder) for m in names if m in PROMPT_METRICS}
+    collect = check or WeightsCheck()
+    prompt = {m: collect.attempt(f"metric {m}", lambda m=m: FACTORIES[m](options, ref_folder))
+              for m in names if m in PROMPT_METRICS}
+    kinds = dict.fromkeys(SET_METRICS[m][0] for m in names if m in SET_METRICS)
+    extractors = {k: collect.attempt(f"metric {', '.join(m for m in names if SET_METRICS.get(m, ('',))[0] == k)}",
+                                     lambda k=k: _extractor(k, options)) for k in kinds}
+    if check is None:
+        collect.raise_if_missing(no_weights_hint(names))
+    return BuiltMetrics(prompt, extractors)
 
 
 def score_run(run_dir: Path | str, metrics: Sequence[str], preset: RenderPreset, reference: Path | str | None = None,
               options: ScoreOptions | None = None, progress: bool = True,
-              built: dict[str, PromptMetric] | None = None) -> ScoreSummary:
+              built: BuiltMetrics | None = None) -> ScoreSummary:
     """Score a run with ``metrics`` (names from PROMPT_METRICS and SET_METRICS); ``built`` reuses
     :func:`build_metrics` output."""
     run_dir, options = Path(run_dir), options or ScoreOptions()
@@ -171,7 +214,7 @@ def score_run(run_dir: Path | str, metrics: Sequence[str], preset: RenderPreset,
     summary = ScoreSummary()
     log = run_dir / DEFAULTS.scores_file
     done = {_key(r) for r in read_jsonl(log) if r.get("error") is None}
-    for name, metric in built.items():
+    for name, metric in built.prompt.items():
         chash = metric.config_hash()
         summary.scored[name], summary.skipped[name], summary.errors[name] = 0, 0, []
         for item, render in tqdm(items, desc=name, unit="prompt", disable=not progress):
@@ -201,7 +244,7 @@ def score_run(run_dir: Path | str, metrics: Sequence[str], preset: RenderPreset,
         write_jsonl(log, latest.values())
     set_names = [m for m in metrics if m in SET_METRICS]
     if set_names:
-        summary.set_scores = score_sets(run_dir, items, ref_folder, set_names, preset, options, progress)
+        summary.set_scores = score_sets(run_dir, items, ref_folder, set_names, preset, built.extractors, progress)
     return summary
 
 
@@ -220,9 +263,10 @@ def _reference_folder(reference: Path | str, preset: RenderPreset) -> Path:
 
 
 def score_sets(run_dir: Path, items: list[tuple[ScoreItem, dict | None]], ref_folder: Path, names: Sequence[str],
-               preset: RenderPreset, options: ScoreOptions, progress: bool = True) -> dict[str, Any]:
-    """KID/FID of the run's views against the reference views, overall and per category; writes set_scores.json."""
-    from mme3dr.metrics.features import DinoV2Features, FeatureCache, InceptionFeatures
+               preset: RenderPreset, extractors: dict[str, Any], progress: bool = True) -> dict[str, Any]:
+    """KID/FID of the run's views against the reference views, overall and per category; writes set_scores.json.
+    ``extractors``: the loaded feature extractors by kind (:attr:`BuiltMetrics.extractors`)."""
+    from mme3dr.metrics.features import FeatureCache
     from mme3dr.metrics.fidelity import default_subset_size, fid_from_features, kid_from_features
 
     ref = json.loads((ref_folder / REFERENCE_FILE).read_text())
@@ -230,7 +274,7 @@ def score_sets(run_dir: Path, items: list[tuple[ScoreItem, dict | None]], ref_fo
     gen = {c: [(it.render_dir, r["asset_sha256"]) for it, r in items if r and it.category == c] for c in CATEGORIES}
     gen = {c: v for c, v in gen.items() if v}
     ref_by_cat = {c: [o for o in ref_objs if o.get("category") == c] for c in CATEGORIES}
-    extractors = {}
+    caches = {}
     out: dict[str, Any] = {}
     path = run_dir / DEFAULTS.set_scores_file
     if path.exists():
@@ -250,12 +294,11 @@ def score_sets(run_dir: Path, items: list[tuple[ScoreItem, dict | None]], ref_fo
 
     for name in names:
         kind, dist = SET_METRICS[name]
-        if kind not in extractors:
-            ext = (InceptionFeatures(options.inception_weights, options.device, options.batch_size) if kind == "inception"
-                   else DinoV2Features(options.dinov2_model, options.device, options.batch_size))
-            extractors[kind] = (ext, FeatureCache(run_dir / RENDERS_DIR / preset.tag / "features", ext),
-                                FeatureCache(ref_folder / "features", ext))
-        ext, gen_cache, ref_cache = extractors[kind]
+        if kind not in caches:
+            ext = extractors[kind]
+            caches[kind] = (ext, FeatureCache(run_dir / RENDERS_DIR / preset.tag / "features", ext),
+                            FeatureCache(ref_folder / "features", ext))
+        ext, gen_cache, ref_cache = caches[kind]
         ref_feats = ref_cache.get(views(ref_entries(ref_objs)), load)
         res: dict[str, Any] = {"extractor": ext.weights_id, "preset_hash": preset.hash, "reference": str(ref_folder),
                                "per_category": {}}

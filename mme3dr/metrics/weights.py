@@ -9,13 +9,48 @@ warm cache). A missing file never becomes a silent zero: :class:`MissingWeightsE
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 from mme3dr.defaults import DEFAULTS
 
 
+T = TypeVar("T")
+
+
 class MissingWeightsError(FileNotFoundError):
     """Model weights could not be found or downloaded; the message says how to provide them."""
+
+
+class WeightsCheck:
+    """Collects every missing weight of a command, so that one message names them all.
+
+    ``check.attempt(label, loader)`` runs ``loader()`` and returns its value, or records the
+    :class:`MissingWeightsError` under ``label`` and returns ``None``; :meth:`raise_if_missing` then raises one
+    :class:`MissingWeightsError` listing each missing weight with its advice, and ``hint`` (e.g. which metrics
+    need no weights).
+    """
+
+    def __init__(self) -> None:
+        self.missing: list[tuple[str, str]] = []
+
+    def attempt(self, label: str, loader: Callable[[], T]) -> T | None:
+        try:
+            return loader()
+        except MissingWeightsError as exc:
+            self.missing.append((label, str(exc)))
+            return None
+
+    def raise_if_missing(self, hint: str = "") -> None:
+        if not self.missing:
+            return
+        if len(self.missing) == 1:
+            text = f"{self.missing[0][0]}: {self.missing[0][1]}"
+        else:
+            text = f"{len(self.missing)} weights are missing:\n" + "\n".join(f"  - {label}: {msg}"
+                                                                           for label, msg in self.missing)
+        raise MissingWeightsError(text + (f"\n{hint}" if hint else ""))
 
 
 def weights_dir() -> Path | None:
@@ -44,11 +79,17 @@ def resolve_local(name: str, explicit: str | Path | None = None) -> Path | None:
     return None
 
 
+def _first_line(exc: BaseException) -> str:
+    """The exception's first line, whole (never cut mid-word)."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else "no message"
+
+
 def missing_message(what: str, source: str, name: str, exc: BaseException | None = None, option: str = "") -> str:
     """The actionable text for weights that could not be loaded."""
-    where = f" ({type(exc).__name__}: {str(exc).splitlines()[0][:300]})" if exc else ""
+    where = f" ({type(exc).__name__}: {_first_line(exc)})" if exc else ""
     how = [f"download {source} where there is network access and copy it to ${DEFAULTS.weights_env}/"
            f"{name.replace('/', '--')}"]
-    if option:
-        how.append(f"pass {option} PATH")
+    if option:  # a CLI option ("--clip-weights") or an adapter argument ("--model-arg model=")
+        how.append(f"pass {option}PATH" if option.endswith("=") else f"pass {option} PATH")
     return f"cannot load {what} weights {source!r}{where}. To provide them: " + "; or ".join(how) + "."

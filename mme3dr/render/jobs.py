@@ -7,7 +7,6 @@ fails its job only: the error (with the asset reason code) goes to the index fil
 
 from __future__ import annotations
 
-import multiprocessing as mp
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -19,6 +18,7 @@ from tqdm.auto import tqdm
 from mme3dr.assets import AssetError, load_asset
 from mme3dr.defaults import DEFAULTS
 from mme3dr.jsonl import append_jsonl, read_jsonl, write_jsonl
+from mme3dr.processes import spawn_pool
 from mme3dr.render.cameras import CameraSet, read_transforms
 from mme3dr.render.output import file_sha256, read_render_record, write_render
 from mme3dr.render.presets import RenderPreset
@@ -150,8 +150,8 @@ def run_jobs(jobs: Sequence[RenderJob], preset: RenderPreset, index: Path | None
         for job, sha in todo:
             record(render_one(job, preset, renderer, depth, normals, sha))
     elif todo:
-        ctx = mp.get_context("spawn")  # EGL/OSMesa contexts do not survive fork
-        with ctx.Pool(workers, initializer=_init_worker, initargs=(preset, backend, depth, normals)) as pool:
+        # spawn: EGL/OSMesa contexts do not survive fork; spawn_pool keeps the caller's script from running again
+        with spawn_pool(workers, _init_worker, (preset, backend, depth, normals)) as pool:
             for res in pool.imap_unordered(_work, todo):
                 record(res)
     bar.close()

@@ -22,6 +22,7 @@ import numpy as np
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
+from mme3dr.jsonl import umask_mode
 from mme3dr.render.cameras import transforms_dict
 from mme3dr.render.presets import RenderPreset
 from mme3dr.render.renderer import RenderOutput
@@ -64,6 +65,7 @@ def write_render(folder: Path, out: RenderOutput, preset: RenderPreset, record: 
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}."))
     try:
+        tmp.chmod(umask_mode(0o777))
         names = view_names(len(out.rgba))
         info = PngInfo()
         info.add_text("mme3dr_preset", preset.tag)

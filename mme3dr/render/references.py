@@ -16,6 +16,7 @@ from pathlib import Path
 import pandas as pd
 
 from mme3dr.assets import ASSET_SUFFIXES
+from mme3dr.defaults import DEFAULTS
 from mme3dr.jsonl import atomic_write_text
 from mme3dr.render.jobs import INDEX_FILE, RenderJob, run_jobs
 from mme3dr.render.presets import RenderPreset
@@ -63,7 +64,7 @@ def toys4k_objects(toys4k: Path, csv_path: Path) -> tuple[list[dict], list[dict]
 
 def build_references(out: Path | str, preset: RenderPreset, meshes: Path | str | None = None,
                      toys4k: Path | str | None = None, toys4k_csv: Path | str | None = None,
-                     up_axis: str = "+z", workers: int = 1, backend: str | None = None,
+                     up_axis: str = DEFAULTS.up_axis, workers: int = 1, backend: str | None = None,
                      progress: bool = True) -> RenderSummary:
     """Render a reference set with ``preset`` and record it in ``reference.json``."""
     if (meshes is None) == (toys4k is None):

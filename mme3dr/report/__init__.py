@@ -56,12 +56,16 @@ def _unique_names(runs: list[RunData]) -> None:
 
 
 def build_report(run_dirs: list[Path | str], out: Path | str, title: str = "MME-3DR report",
-                 plots: bool = True) -> ReportFiles:
-    """Write leaderboard.{csv,md,json}, report.html and plots/ for ``run_dirs`` into ``out``."""
+                 plots: bool = True, names: list[str] | None = None) -> ReportFiles:
+    """Write leaderboard.{csv,md,json}, report.html and plots/ for ``run_dirs`` into ``out``. ``names`` labels the
+    rows in order (default: each run's model name, made unique with its folder name)."""
+    names = list(names or [])
+    if len(names) > len(run_dirs):
+        raise ValueError(f"{len(names)} --name values for {len(run_dirs)} runs")
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    runs = [load_run(p) for p in run_dirs]
+    runs = [load_run(p, names[i] if i < len(names) else None) for i, p in enumerate(run_dirs)]
     _unique_names(runs)
+    out.mkdir(parents=True, exist_ok=True)
     board = leaderboard(runs)
     dirs = directions(runs)
     w = wide(board)
