@@ -1,8 +1,10 @@
-"""VLM judge: parsing, value computation, the transformers backend on a tiny random Qwen2.5-VL, the HTTP backend."""
+"""VLM judge: view choice, parsing, value computation, failures and baselines (also in reports), the transformers
+backend on a tiny random Qwen2.5-VL, the HTTP backend."""
 
 from __future__ import annotations
 
 import json
+import re
 import socket
 import threading
 import time
@@ -12,9 +14,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import trimesh
 from PIL import Image
 
-from mme3dr.data import ChecklistItem
+from mme3dr.adapters import Generator, ModelSpec
+from mme3dr.data import ChecklistItem, load_benchmark
+from mme3dr.generation import generate_run
+from mme3dr.metrics import score_run
 from mme3dr.metrics.base import HIGHER, LOWER, NONE, ScoreItem
 from mme3dr.metrics.vlm import (
     CATEGORY_KEYS,
@@ -31,6 +37,8 @@ from mme3dr.metrics.vlm_parse import parse_json_answer
 from mme3dr.metrics.weights import MissingWeightsError
 from mme3dr.render.cameras import sphere_hammersley, transforms_dict
 from mme3dr.render.presets import RenderPreset, get_preset
+from mme3dr.render.runs import render_run
+from mme3dr.report import build_report
 from tiny_qwen import build_tiny_qwen25_vl
 
 PROMPT = "Dark brown wooden rocking chair with curved armrests and spindle backrest."
@@ -308,6 +316,41 @@ def test_constant_answers_score_the_baselines(tmp_path: Path) -> None:
         assert result.values["vlm_checklist"] == score
         assert result.values["vlm_checklist_all_yes"] == 0.75 and result.values["vlm_checklist_all_no"] == 0.25
         assert result.values["vlm_unparsed"] == 0.0
+
+
+class Box(Generator):
+    def generate_one(self, request):
+        trimesh.creation.box(extents=(1.0, 0.6, 0.4)).export(request.output_dir / "mesh.ply")
+        return request.output_dir / "mesh.ply"
+
+
+def test_reports_print_baselines_and_failures_beside_checklist_accuracy(tmp_path: Path) -> None:
+    """A judge that says "yes" to every question scores exactly the all-yes baseline, and every report shows
+    that baseline (and the all-no one, and the unparsed answers) beside the checklist accuracy."""
+    prompts = load_benchmark(limit=3)
+    expected = [c.answer for r in prompts for c in r.checklist]
+    yes_rate = np.mean([np.mean([c.answer == "yes" for c in r.checklist]) for r in prompts])
+    assert 0 < yes_rate < 1 and set(expected) == {"yes", "no"}
+    run, preset = tmp_path / "RUN", CANONICAL.with_overrides(resolution=16, n_views=8)
+    generate_run(Box(), prompts, run, model_spec=ModelSpec("box"), progress=False)
+    render_run(run, preset, progress=False)
+    score_run(run, ["vlm"], preset, built={"vlm": VLMJudge(ConstantJudge("yes"))}, progress=False)
+    files = build_report([run], tmp_path / "report", plots=False)
+
+    md = files.markdown.read_text()
+    table = md.split("### vlm_checklist (higher is better)\n\n")[1].split("\n\n")[0].splitlines()
+    header = [c.strip() for c in table[0].strip("|").split("|")]
+    row = dict(zip(header, (c.strip() for c in table[2].strip("|").split("|"))))
+    assert float(row["micro"]) == pytest.approx(yes_rate, abs=1e-3)
+    assert float(row["all-yes baseline"]) == pytest.approx(yes_rate, abs=1e-3)
+    assert float(row["all-no baseline"]) == pytest.approx(1 - yes_rate, abs=1e-3)
+    assert float(row["unparsed answers"]) == 0.0
+    page = files.html.read_text()
+    detail = page[page.index("<h3>vlm_checklist</h3>"):].split("</table>")[0]
+    cells = dict(zip(re.findall(r"<th>(.*?)</th>", detail), re.findall(r"<td[^>]*>(.*?)</td>", detail)))
+    assert float(cells["micro"]) == float(cells["all-yes baseline"]) == pytest.approx(yes_rate, abs=1e-3)
+    assert float(cells["all-no baseline"]) == pytest.approx(1 - yes_rate, abs=1e-3)
+    assert float(cells["unparsed answers"]) == 0.0
 
 
 # ---- answer parsing ------------------------------------------------------------------------------------------
