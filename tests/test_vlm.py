@@ -269,6 +269,7 @@ def test_judge_needs_the_camera_poses(tmp_path: Path) -> None:
     (tmp_path / "transforms.json").unlink()
     [result] = VLMJudge(CannedVLM(ANSWERS)).score_many([item])
     assert "transforms.json is missing" in result.error and "mme3dr render" in result.error
+    assert f"delete {tmp_path}" in result.error  # a render folder with its render.json counts as up to date
 
 
 # ---- a judge that cannot be gamed ----------------------------------------------------------------------------

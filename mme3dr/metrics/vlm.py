@@ -203,11 +203,11 @@ class VLMJudge(PromptMetric):
         transforms = Path(item.render_dir) / "transforms.json"
         if not transforms.is_file():
             raise ValueError(f"{item.prompt_id}: {transforms} is missing, so the judge cannot tell where the views "
-                             f"were taken; render again with `mme3dr render`")
+                             f"were taken; delete {item.render_dir} and run `mme3dr render` again")
         positions = read_transforms(transforms).poses[:, :3, 3]
         if len(positions) != len(paths):
             raise ValueError(f"{item.prompt_id}: {transforms} has {len(positions)} cameras for {len(paths)} views; "
-                             "render again with `mme3dr render`")
+                             f"delete {item.render_dir} and run `mme3dr render` again")
         chosen = judge_views(positions, self.views, self.view_elevation_deg)
         return [paths[i] for i in chosen], positions[chosen]
 
