@@ -47,9 +47,11 @@ class Defaults:
     dinov2_model: str = "facebook/dinov2-base"
     #: Images per forward pass for feature extractors (does not change any score).
     batch_size: int = 32
-    #: VLM judge: model id (or local path) and how many evenly spaced views go into one query.
+    #: VLM judge: model id (or local path), how many views go into one query, and the elevation of the target
+    #: directions (evenly spaced in azimuth) that choose those views among the rendered ones.
     vlm_model: str = "Qwen/Qwen2.5-VL-7B-Instruct"
     vlm_views: int = 6
+    vlm_view_elevation_deg: float = 20.0
     vlm_max_new_tokens: int = 256
     #: OpenAI-compatible VLM server: seconds per request and attempts per query.
     vlm_timeout_s: float = 120.0

@@ -66,7 +66,7 @@ def test_evaluate_folder_geometry_end_to_end(assets, tmp_path):
     assert info["metric_configs"]["geometry"]["config_hash"]
     board = list(csv.DictReader(io.StringIO((run / "report" / "leaderboard.csv").read_text())))
     assert len(board) == 1 and float(board[0]["success:micro"]) == pytest.approx((LIMIT - 1) / LIMIT)
-    assert float(board[0]["watertight:micro"]) == 1.0 and float(board[0]["floating_parts:micro"]) > 0
+    assert float(board[0]["watertight:micro"]) == 1.0 and float(board[0]["floating_area:micro"]) > 0
     again = evaluate("folder", run, {"root": str(folder)}, ["geometry"], limit=LIMIT, preset=PRESET, progress=False)
     assert again.work_done == 0  # a finished run does no work
 

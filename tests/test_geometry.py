@@ -53,11 +53,12 @@ def test_table_stands(tmp_path):
     path = tmp_path / "table.glb"
     table().export(path)
     r = score(path)
-    assert r.values["stable"] == 1.0 and r.values["floating_parts"] == 0.0  # the top touches the legs only
+    assert r.values["stable"] == 1.0 and r.values["floating_area"] == 0.0  # the top touches the legs only
     assert r.values["components"] == 5.0 and r.values["watertight"] == 1.0
     # support: leg feet span x in [-0.45, 0.45], y in [-0.25, 0.25]; the COM is above the centre
     assert r.values["stability_margin"] == pytest.approx(0.25, abs=F32)
     assert r.details["com_kind"] == "volume" and r.details["support"] == "polygon"
+    assert r.details["support_area"] == pytest.approx(0.9 * 0.5, abs=F32) and r.details["tilt_deg"] == 0.0
     np.testing.assert_allclose(r.details["com"][:2], [0.0, 0.0], atol=F32)
     np.testing.assert_allclose(r.details["extents"], [1.0, 0.6, 0.8], atol=F32)
     assert r.details["n_faces"] == 5 * 12
@@ -72,7 +73,7 @@ def test_overhang_topples(tmp_path):
     assert r.values["stable"] == 0.0
     assert r.values["stability_margin"] == pytest.approx(OVERHANG_MARGIN, abs=F32)
     assert r.values["stability_margin"] < -TOL
-    assert r.values["components"] == 2.0 and r.values["floating_parts"] == 0.0
+    assert r.values["components"] == 2.0 and r.values["floating_area"] == 0.0
     assert r.details["com_kind"] == "volume" and r.values["watertight"] == 1.0
 
 
@@ -85,15 +86,22 @@ def test_boxes_sharing_an_edge_are_one_non_watertight_component(tmp_path):
     assert r.details["com_kind"] == "surface"
 
 
-@pytest.mark.parametrize("gap, floating", [(0.0, 0), (TOL / 2, 0), (2 * TOL, 1), (0.2, 1)])
-def test_floating_part(tmp_path, gap, floating):
-    """A 0.3 cube above a 1 x 1 x 0.4 base, ``gap`` apart: it floats only when the gap exceeds the tolerance."""
+def box_area(*extents):
+    """Surface area of each box, 2 (ab + bc + ca), computed from its extents."""
+    return [2 * (a * b + b * c + c * a) for a, b, c in extents]
+
+
+@pytest.mark.parametrize("gap, floats", [(0.0, False), (TOL / 2, False), (2 * TOL, True), (0.2, True)])
+def test_floating_part(tmp_path, gap, floats):
+    """A 0.3 cube above a 1 x 1 x 0.4 base, ``gap`` apart: it floats only when the gap exceeds the tolerance,
+    and then its share of the surface area is floating."""
     mesh = boxes(((1.0, 1.0, 0.4), (0.0, 0.0, 0.2)), ((0.3, 0.3, 0.3), (0.0, 0.0, 0.4 + gap + 0.15)))
     path = tmp_path / "floating.glb"
     mesh.export(path)
     r = score(path)
-    assert r.values["components"] == 2.0
-    assert r.values["floating_parts"] == floating
+    base, cube = box_area((1.0, 1.0, 0.4), (0.3, 0.3, 0.3))
+    assert r.values["components"] == 2.0 and r.details["floating_parts"] == int(floats)
+    assert r.values["floating_area"] == pytest.approx(cube / (base + cube) if floats else 0.0, abs=F32)
 
 
 def test_two_hovering_parts_on_a_stand(tmp_path):
@@ -102,7 +110,26 @@ def test_two_hovering_parts_on_a_stand(tmp_path):
                  ((0.1, 0.1, 0.1), (0.3, 0.0, 0.6)))
     path = tmp_path / "two.glb"
     mesh.export(path)
-    assert score(path).values["floating_parts"] == 2.0
+    r = score(path)
+    base, cube = box_area((1.0, 1.0, 0.1), (0.1, 0.1, 0.1))
+    assert r.details["floating_parts"] == 2
+    assert r.values["floating_area"] == pytest.approx(2 * cube / (base + 2 * cube), abs=F32)
+
+
+def test_dust_specks_cannot_dominate_floating(tmp_path):
+    """200 specks (cubes of side 0.002) hovering over a 1 x 1 x 0.5 box: 200 floating components, but they hold
+    only their share of the area (about 0.1%), so they cannot outweigh other prompts in a mean."""
+    side = 0.002
+    grid = [(x, y) for x in np.linspace(-0.45, 0.45, 20) for y in np.linspace(-0.45, 0.45, 10)]
+    specks = [((side, side, side), (x, y, 0.7)) for x, y in grid]
+    path = tmp_path / "dusty.glb"
+    boxes(((1.0, 1.0, 0.5), (0.0, 0.0, 0.25)), *specks).export(path)
+    r = score(path)
+    base, speck = box_area((1.0, 1.0, 0.5), (side, side, side))
+    assert r.values["components"] == 201.0 and r.details["floating_parts"] == 200
+    assert r.values["floating_area"] == pytest.approx(200 * speck / (base + 200 * speck), rel=1e-3)
+    assert r.values["floating_area"] < 0.002
+    assert r.values["stable"] == 1.0  # specks never count as support
 
 
 def test_support_is_transitive(tmp_path):
@@ -111,12 +138,14 @@ def test_support_is_transitive(tmp_path):
                     ((0.2, 0.2, 0.2), (0.0, 0.0, 0.6)))
     stacked.export(tmp_path / "stack.glb")
     r = score(tmp_path / "stack.glb")
-    assert r.values["components"] == 3.0 and r.values["floating_parts"] == 0.0
+    assert r.values["components"] == 3.0 and r.values["floating_area"] == 0.0
     pair = boxes(((1.0, 1.0, 0.2), (0.0, 0.0, 0.1)), ((0.2, 0.2, 0.2), (-0.1, 0.0, 0.7)),
                  ((0.2, 0.2, 0.2), (0.1, 0.05, 0.7)))  # faces touch at x = 0 (no shared vertex), 0.4 above the base
     pair.export(tmp_path / "pair.glb")
     r = score(tmp_path / "pair.glb")
-    assert r.values["components"] == 3.0 and r.values["floating_parts"] == 2.0
+    base, cube = box_area((1.0, 1.0, 0.2), (0.2, 0.2, 0.2))
+    assert r.values["components"] == 3.0 and r.details["floating_parts"] == 2
+    assert r.values["floating_area"] == pytest.approx(2 * cube / (base + 2 * cube), abs=F32)
 
 
 def test_closed_box_is_watertight_even_with_split_vertices(tmp_path):
@@ -164,28 +193,102 @@ def test_aspect_ratio(tmp_path):
     np.testing.assert_allclose(r.details["extents"], [0.25, 0.5, 1.0], atol=F32)
 
 
-@pytest.mark.parametrize("tilt_deg", [0.0, 10.0])
-def test_cone_on_its_tip(tmp_path, tilt_deg):
-    """A cone standing on its apex (a point support): balanced when upright, toppling when tilted.
-
-    The centre of mass of a cone lies on its axis 3/4 of the height from the apex; tilted by t, it projects
-    0.75 * sin(t) from the apex (then scaled by 1 / largest extent)."""
-    cone = trimesh.creation.cone(radius=0.25, height=1.0)  # apex at z = 1, base at z = 0
+def apex_down_cone(radius, tilt_deg=0.0):
+    """A cone of height 1 standing on its apex, then turned by ``tilt_deg`` about x."""
+    cone = trimesh.creation.cone(radius=radius, height=1.0)  # apex at z = 1, base at z = 0
     cone.apply_transform(trimesh.transformations.rotation_matrix(np.pi, [1, 0, 0]))  # apex down
     cone.apply_transform(trimesh.transformations.rotation_matrix(np.radians(tilt_deg), [1, 0, 0]))
+    return cone
+
+
+@pytest.mark.parametrize("tilt_deg", [0.0, 10.0])
+def test_cone_on_its_tip_is_unstable(tmp_path, tilt_deg):
+    """A cone on its apex (a point support, no area) is unstable even when its centre of mass is exactly above.
+
+    The centre of mass of a cone lies on its axis 3/4 of the height from the apex; tilted by t, it projects
+    0.75 * sin(t) from the apex (then scaled by 1 / largest extent). Its side faces are 76 deg from the ground,
+    far beyond the 10 deg a resting pose may correct."""
+    cone = apex_down_cone(0.25, tilt_deg)
     path = tmp_path / "cone.ply"
     cone.export(path)
     r = score(path)
-    assert r.details["support"] == "point" and r.details["com_kind"] == "volume"
+    assert r.values["stable"] == 0.0
     expected = -0.75 * np.sin(np.radians(tilt_deg)) / np.max(cone.extents)
     assert r.values["stability_margin"] == pytest.approx(expected, abs=F32)
-    assert r.values["stable"] == (1.0 if tilt_deg == 0 else 0.0)
+    assert r.details["support"] == "point" and r.details["com_kind"] == "volume" and not r.details["settled"]
+    assert r.details["support_area"] == 0.0
+
+
+def test_needle_on_its_tip_and_thin_rod_on_its_end_are_unstable(tmp_path):
+    """A needle (a cone of radius 0.005) on its tip has a point support; a rod of radius 0.004 standing on its
+    flat end has a polygon, but its margin (the apothem r cos(pi / 16) of the 16-gon) is below ``min_margin``."""
+    apex_down_cone(0.005).export(tmp_path / "needle.ply")
+    r = score(tmp_path / "needle.ply")
+    assert r.values["stable"] == 0.0 and r.details["support"] == "point"
+    trimesh.creation.cylinder(radius=0.004, height=1.0, sections=16).export(tmp_path / "rod.ply")
+    r = score(tmp_path / "rod.ply")
+    assert r.values["stable"] == 0.0 and r.details["support"] == "polygon"
+    assert r.values["stability_margin"] == pytest.approx(0.004 * np.cos(np.pi / 16), rel=1e-4)
+    assert r.details["support_area"] == pytest.approx(0.5 * 16 * 0.004 ** 2 * np.sin(2 * np.pi / 16), rel=1e-4)
+    assert score(tmp_path / "rod.ply", min_margin=0.003).values["stable"] == 1.0  # the threshold decides
+
+
+def test_standing_sheet_is_unstable_lying_sheet_is_stable(tmp_path):
+    """A zero-thickness unit square standing on its edge rests on a segment (no area): unstable, although its
+    centroid is exactly above the edge. The same square lying flat, even tilted 2 deg, rests on its whole area."""
+    standing = M.ascii_ply(tmp_path / "standing.ply", [(0, 0, 0), (1, 0, 0), (1, 0, 1), (0, 0, 1)],
+                           [(0, 1, 2), (0, 2, 3)])
+    r = score(standing)
+    assert r.values["stable"] == 0.0 and r.values["stability_margin"] == pytest.approx(0.0, abs=F32)
+    assert r.details["support"] == "segment" and r.details["tilt_deg"] == pytest.approx(90.0)
+    t = np.radians(2.0)
+    square = [(0, 0, 0), (1, 0, 0), (1, 1, 0), (0, 1, 0)]
+    lying = M.ascii_ply(tmp_path / "lying.ply", [(x, y * np.cos(t), y * np.sin(t)) for x, y, _ in square],
+                        [(0, 1, 2), (0, 2, 3)])
+    r = score(lying)
+    assert r.values["stable"] == 1.0 and r.values["stability_margin"] == pytest.approx(0.5, abs=1e-5)
+    assert r.details["settled"] and r.details["tilt_deg"] == pytest.approx(2.0, abs=1e-4)
+    assert r.details["support"] == "polygon" and r.details["support_area"] == pytest.approx(1.0, abs=1e-5)
+
+
+def tilted_beam(tilt_deg):
+    """A 1 x 0.6 x 0.6 box turned by ``tilt_deg`` about its long (x) axis."""
+    beam = trimesh.creation.box(extents=(1.0, 0.6, 0.6))
+    return beam.apply_transform(trimesh.transformations.rotation_matrix(np.radians(tilt_deg), [1, 0, 0]))
+
+
+@pytest.mark.parametrize("tilt_deg", [2.0, 20.0, 45.0])
+def test_tilted_box(tmp_path, tilt_deg):
+    """Tilted 2 deg (within ``max_tilt_deg``), the beam settles on its bottom face: margin 0.3, its half-width.
+    Tilted 20 or 45 deg it stands on its lowest edge (y, z) = R(t) (-0.3, -0.3), a segment with no area;
+    the centre of mass sits at y = 0, so the margin is -|0.3 sin t - 0.3 cos t| (0 at 45 deg: balanced)."""
+    path = tmp_path / "beam.ply"
+    tilted_beam(tilt_deg).export(path)
+    r = score(path)
+    t = np.radians(tilt_deg)
+    if tilt_deg <= GeometryMetric().max_tilt_deg:
+        assert r.values["stability_margin"] == pytest.approx(0.3, abs=F32) and r.values["stable"] == 1.0
+        assert r.details["settled"] and r.details["support"] == "polygon"
+        assert r.details["support_area"] == pytest.approx(0.6, abs=F32)
+    else:
+        assert r.values["stability_margin"] == pytest.approx(-abs(0.3 * np.sin(t) - 0.3 * np.cos(t)), abs=F32)
+        assert r.values["stable"] == 0.0
+        assert not r.details["settled"] and r.details["support"] == "segment"
+    assert r.details["tilt_deg"] == pytest.approx(tilt_deg, abs=1e-4)
+
+
+def test_slightly_tilted_box_beats_box_balanced_on_an_edge(tmp_path):
+    tilted_beam(2.0).export(tmp_path / "two.ply")
+    tilted_beam(45.0).export(tmp_path / "fortyfive.ply")
+    two, fortyfive = score(tmp_path / "two.ply"), score(tmp_path / "fortyfive.ply")
+    assert two.values["stable"] > fortyfive.values["stable"]
+    assert two.values["stability_margin"] > fortyfive.values["stability_margin"]
 
 
 @pytest.mark.parametrize("left, right", [(-0.3, 0.3), (-0.1, 0.5)])
 def test_prism_on_an_edge(tmp_path, left, right):
-    """A triangular prism (along x) resting on its edge y = z = 0 (a segment support). Its centre of mass has
-    the triangle's centroid y = (0 + left + right) / 3: stable only when that is over the edge."""
+    """A triangular prism (along x) resting on its edge y = z = 0 (a segment support, no area): unstable, even
+    when the centre of mass, at the triangle's centroid y = (0 + left + right) / 3, is exactly over the edge."""
     section = [(0.0, 0.0), (left, 0.5), (right, 0.5)]
     prism = trimesh.Trimesh([(x, y, z) for x in (0.0, 1.0) for y, z in section]).convex_hull
     path = tmp_path / "prism.ply"
@@ -194,7 +297,7 @@ def test_prism_on_an_edge(tmp_path, left, right):
     com_y = (left + right) / 3
     assert r.details["support"] == "segment"
     assert r.values["stability_margin"] == pytest.approx(-abs(com_y), abs=F32)
-    assert r.values["stable"] == (1.0 if com_y == 0 else 0.0)
+    assert r.values["stable"] == 0.0
 
 
 @pytest.mark.parametrize("build", [table, overhang])
@@ -226,12 +329,16 @@ def test_missing_asset_raises_asset_error(tmp_path):
 def test_directions_and_config():
     metric = GeometryMetric()
     assert metric.name == "geometry" and metric.needs == "asset"
-    assert set(metric.directions) == {"watertight", "components", "floating_parts", "stable", "stability_margin",
+    assert set(metric.directions) == {"watertight", "components", "floating_area", "stable", "stability_margin",
                                       "degenerate_faces", "aspect_ratio"}
     assert metric.directions["aspect_ratio"] == "none"
-    assert metric.directions["stable"] == HIGHER and metric.directions["floating_parts"] == LOWER
+    assert metric.directions["stable"] == HIGHER and metric.directions["floating_area"] == LOWER
     assert metric.config()["contact_tol"] == TOL
-    assert GeometryMetric(contact_tol=0.02).config_hash() != metric.config_hash()
+    for changed in ({"contact_tol": 0.02}, {"min_margin": 0.02}, {"max_tilt_deg": 5.0}):
+        assert GeometryMetric(**changed).config_hash() != metric.config_hash()
+    for bad in ({"min_margin": 0.0}, {"contact_tol": -1.0}, {"max_tilt_deg": 90.0}):
+        with pytest.raises(ValueError):
+            GeometryMetric(**bad)
 
 
 def test_values_cover_directions(tmp_path):

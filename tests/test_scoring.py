@@ -129,9 +129,11 @@ def test_vlm_through_score_run_with_a_tiny_qwen(setup, tmp_path):
     recs = [json.loads(l) for l in (run / "scores.jsonl").read_text().splitlines()]
     vlm = [r for r in recs if r["metric"] == "vlm"]
     assert len(vlm) == 4
-    for r in vlm:  # random weights answer gibberish: every value unparsed (None), counted, raw text kept
-        assert set(r["values"]) == {"vlm_consistency", "vlm_category", "vlm_appearance", "vlm_checklist"}
-        assert all(v is None for v in r["values"].values())
+    for r in vlm:  # random weights answer gibberish: every judgment failed (its worst value), counted, text kept
+        assert set(r["values"]) == {"vlm_consistency", "vlm_category", "vlm_appearance", "vlm_checklist",
+                                    "vlm_unparsed", "vlm_checklist_all_yes", "vlm_checklist_all_no"}
+        assert [r["values"][k] for k in ("vlm_consistency", "vlm_category", "vlm_appearance", "vlm_checklist",
+                                         "vlm_unparsed")] == [0.0, 0.0, 0.0, 0.0, 1.0]
         assert r["details"]["parse_failures"] == 4 and "response" in r["details"]["queries"]["checklist"]
     with pytest.raises(FileNotFoundError, match="MME3DR_WEIGHTS"):
         score_run(run, ["vlm"], PRESET, None, dataclasses.replace(opts, vlm_model="nobody/no-such-vlm"), progress=False)

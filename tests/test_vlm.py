@@ -1,8 +1,10 @@
-"""VLM judge: parsing, value computation, the transformers backend on a tiny random Qwen2.5-VL, the HTTP backend."""
+"""VLM judge: view choice, parsing, value computation, failures and baselines (also in reports), the transformers
+backend on a tiny random Qwen2.5-VL, the HTTP backend."""
 
 from __future__ import annotations
 
 import json
+import re
 import socket
 import threading
 import time
@@ -10,11 +12,16 @@ from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+import numpy as np
 import pytest
+import trimesh
 from PIL import Image
 
-from mme3dr.data import ChecklistItem
-from mme3dr.metrics.base import HIGHER, ScoreItem, pick_views
+from mme3dr.adapters import Generator, ModelSpec
+from mme3dr.data import ChecklistItem, load_benchmark
+from mme3dr.generation import generate_run
+from mme3dr.metrics import score_run
+from mme3dr.metrics.base import HIGHER, LOWER, NONE, ScoreItem
 from mme3dr.metrics.vlm import (
     CATEGORY_KEYS,
     PROMPT_VERSION,
@@ -23,9 +30,15 @@ from mme3dr.metrics.vlm import (
     VLMJudge,
     VLMRequestError,
     checklist_prompt,
+    checklist_schema,
+    judge_views,
 )
 from mme3dr.metrics.vlm_parse import parse_json_answer
 from mme3dr.metrics.weights import MissingWeightsError
+from mme3dr.render.cameras import sphere_hammersley, transforms_dict
+from mme3dr.render.presets import RenderPreset, get_preset
+from mme3dr.render.runs import render_run
+from mme3dr.report import build_report
 from tiny_qwen import build_tiny_qwen25_vl
 
 PROMPT = "Dark brown wooden rocking chair with curved armrests and spindle backrest."
@@ -37,14 +50,27 @@ CHECKLIST = (
 )
 
 
-def make_item(folder: Path, n_views: int = 8, checklist: tuple[ChecklistItem, ...] = CHECKLIST) -> ScoreItem:
-    """A ScoreItem whose render folder holds ``n_views`` small RGBA views (a coloured square on transparency)."""
+CANONICAL = get_preset("canonical")
+
+
+def make_item(folder: Path, preset: RenderPreset = CANONICAL,
+              checklist: tuple[ChecklistItem, ...] = CHECKLIST) -> ScoreItem:
+    """A ScoreItem whose render folder holds one small RGBA view per camera of ``preset`` (a square whose red
+    channel is 10 x the view index, on transparency) and the preset's ``transforms.json``."""
     folder.mkdir(parents=True, exist_ok=True)
-    for i in range(n_views):
+    cameras = preset.camera_set()
+    names = [f"{i:03d}.png" for i in range(len(cameras))]
+    for i, name in enumerate(names):
         img = Image.new("RGBA", (64, 64), (0, 0, 0, 0))
-        img.paste((30 * i % 256, 80, 200, 255), (16, 16, 48, 48))
-        img.save(folder / f"{i:03d}.png")
+        img.paste((10 * i, 80, 200, 255), (16, 16, 48, 48))
+        img.save(folder / name)
+    (folder / "transforms.json").write_text(json.dumps(transforms_dict(cameras, names)))
     return ScoreItem("spatial-001", "spatial", PROMPT, checklist, render_dir=folder)
+
+
+def view_index(img: Image.Image) -> int:
+    """The view an image came from (see :func:`make_item`)."""
+    return img.getpixel((32, 32))[0] // 10
 
 
 @pytest.fixture(scope="module")
@@ -64,16 +90,18 @@ def test_tiny_model_end_to_end_counts_parse_failures(weights_root: Path, tmp_pat
     [result] = judge.score_many([item])
 
     assert result.error is None
-    # Random weights answer gibberish: every value is unknown, never 0, and every query is a counted failure.
-    assert result.values == {"vlm_consistency": None, "vlm_category": None, "vlm_appearance": None,
-                             "vlm_checklist": None}
+    # Random weights answer gibberish: every query is a counted failure and scores the worst value.
+    assert result.values == {"vlm_consistency": 0.0, "vlm_category": 0.0, "vlm_appearance": 0.0,
+                             "vlm_checklist": 0.0, "vlm_unparsed": 1.0, "vlm_checklist_all_yes": 0.5,
+                             "vlm_checklist_all_no": 0.5}
     assert result.details["parse_failures"] == 4
     assert set(result.details["queries"]) == {"consistency", "category", "appearance", "checklist"}
     for query in result.details["queries"].values():
         assert isinstance(query["response"], str)
         assert query["parse_failed"] is True and query["parsed"] is None and query["reason"]
-    assert result.details["views"] == pick_views(8, 6)
+    assert len(result.details["views"]) == 6
     assert [c["answer"] for c in result.details["checklist"]] == [None] * 4
+    assert [c["correct"] for c in result.details["checklist"]] == [False] * 4
 
 
 def test_tiny_model_is_greedy_and_loads_from_weights_env(weights_root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -111,17 +139,20 @@ def test_tiny_builder_adds_extra_tokens(tmp_path: Path) -> None:
 
 
 class CannedVLM:
-    """Answers each query from a dict keyed by the query's first schema key; records what it was asked."""
+    """Answers each query from a dict keyed by the query's first schema key; records what it was asked and
+    which views it was shown."""
 
     kind, model, max_new_tokens = "canned", "canned-vlm", 64
 
     def __init__(self, answers: dict[str, str]) -> None:
         self.answers = answers
         self.calls: list[tuple[int, str]] = []
+        self.shown: list[list[int]] = []
 
     def generate(self, images: list[Image.Image], text: str) -> str:
         assert all(img.mode == "RGB" for img in images)
         self.calls.append((len(images), text))
+        self.shown.append([view_index(img) for img in images])
         return next(answer for key, answer in self.answers.items() if f'"{key}"' in text)
 
 
@@ -138,7 +169,8 @@ def test_values_from_canned_answers(tmp_path: Path) -> None:
     result = VLMJudge(backend).score(make_item(tmp_path))
 
     assert result.values == {"vlm_consistency": 2.5, "vlm_category": 1.0, "vlm_appearance": 1.25,
-                             "vlm_checklist": 0.5}
+                             "vlm_checklist": 0.5, "vlm_unparsed": 0.0, "vlm_checklist_all_yes": 0.5,
+                             "vlm_checklist_all_no": 0.5}
     assert result.details["parse_failures"] == 0
     assert [c["correct"] for c in result.details["checklist"]] == [True, True, False, False]
     assert [c["answer"] for c in result.details["checklist"]] == ["yes", "no", "no", "yes"]
@@ -149,27 +181,177 @@ def test_values_from_canned_answers(tmp_path: Path) -> None:
     assert all(c.question in texts[-1] for c in CHECKLIST)
 
 
-def test_failed_query_is_none_not_zero(tmp_path: Path) -> None:
+def test_failed_answers_count_as_failures(tmp_path: Path) -> None:
+    """An unreadable answer is a failed judgment: its worst value, counted in ``vlm_unparsed``, never left out."""
     answers = {**ANSWERS, "color_smoothness": '{"color_smoothness": 1.5, "material": 1, "texture": 1}',
                "category_match": "I cannot tell."}
-    result = VLMJudge(CannedVLM(answers), views=3).score(make_item(tmp_path, n_views=2, checklist=()))
+    two_views = CANONICAL.with_overrides(n_views=2)
+    result = VLMJudge(CannedVLM(answers), views=3).score(make_item(tmp_path, two_views, checklist=()))
 
-    assert result.values == {"vlm_consistency": 2.5, "vlm_category": None, "vlm_appearance": None,
-                             "vlm_checklist": None}
+    assert result.values == {"vlm_consistency": 2.5, "vlm_category": 0.0, "vlm_appearance": 0.0,
+                             "vlm_checklist": None, "vlm_unparsed": 2 / 3, "vlm_checklist_all_yes": None,
+                             "vlm_checklist_all_no": None}
     assert result.details["parse_failures"] == 2
     assert "checklist" not in result.details["queries"]
     assert "1.5" in result.details["queries"]["appearance"]["reason"]
     assert result.details["views"] == [0, 1]
 
 
+def test_unreadable_checklist_is_wrong_not_left_out(tmp_path: Path) -> None:
+    backend = CannedVLM({**ANSWERS, "q1": "All four answers are yes, I think."})
+    result = VLMJudge(backend).score(make_item(tmp_path))
+    assert result.values["vlm_checklist"] == 0.0  # was None: the item dropped out of the mean
+    assert result.values["vlm_unparsed"] == 0.25
+    assert [c["correct"] for c in result.details["checklist"]] == [False] * 4
+
+
 def test_config_and_directions() -> None:
     judge = VLMJudge(CannedVLM(ANSWERS), views=4)
-    assert judge.config() == {"backend": "canned", "model": "canned-vlm", "views": 4, "max_new_tokens": 64,
-                              "prompt_version": PROMPT_VERSION}
+    assert judge.config() == {"backend": "canned", "model": "canned-vlm", "views": 4, "view_elevation_deg": 20.0,
+                              "max_new_tokens": 64, "prompt_version": PROMPT_VERSION}
     assert judge.config_hash() != VLMJudge(CannedVLM(ANSWERS), views=6).config_hash()
-    assert set(judge.directions.values()) == {HIGHER} and len(judge.directions) == 4
+    assert judge.config_hash() != VLMJudge(CannedVLM(ANSWERS), views=4, view_elevation_deg=0.0).config_hash()
+    assert judge.directions == {"vlm_consistency": HIGHER, "vlm_category": HIGHER, "vlm_appearance": HIGHER,
+                                "vlm_checklist": HIGHER, "vlm_unparsed": LOWER, "vlm_checklist_all_yes": NONE,
+                                "vlm_checklist_all_no": NONE}
     assert VLMJudge(TransformersVLM("some-org/some-vlm")).config()["backend"] == "transformers"
-    assert '"q2": "yes" or "no"' in checklist_prompt(["A?", "B?"], 6)
+    assert checklist_prompt(["A?", "B?"], 6).endswith('{"q1": "<answer>", "q2": "<answer>"}')
+
+
+# ---- which views the judge sees ------------------------------------------------------------------------------
+
+
+def largest_azimuth_gap(azimuths_deg) -> float:
+    """The widest empty arc (degrees) between neighbouring azimuths on the circle."""
+    a = np.sort(np.asarray(azimuths_deg) % 360.0)
+    return float(np.max(np.diff(np.r_[a, a[0] + 360.0])))
+
+
+def test_judge_sees_the_canonical_object_from_all_round(tmp_path: Path) -> None:
+    """Six of the 24 canonical views, every azimuth gap below 90 deg (1.5 x the even 60). Every 4th view
+    (0, 4, ..., 20), the old choice, spans yaw 180-247.5 deg only: a 292.5 deg gap."""
+    backend = CannedVLM(ANSWERS)
+    result = VLMJudge(backend).score(make_item(tmp_path))
+    chosen = result.details["views"]
+    yaw, pitch = np.degrees(sphere_hammersley(24, CANONICAL.offset, CANONICAL.remap)).T  # the preset's own formula
+    assert len(set(chosen)) == 6
+    assert largest_azimuth_gap(yaw[chosen]) < 90.0
+    assert largest_azimuth_gap(yaw[[0, 4, 8, 12, 16, 20]]) == pytest.approx(292.5)
+    assert all(0.0 < p < 45.0 for p in pitch[chosen])  # from the side, slightly above: no view from below
+    np.testing.assert_allclose(result.details["view_azimuth_deg"], yaw[chosen] % 360, atol=1e-6)
+    np.testing.assert_allclose(result.details["view_elevation_deg"], pitch[chosen], atol=1e-3)
+    assert backend.shown == [chosen] * 4  # these images, in this order, in every query
+    assert np.all(np.diff(result.details["view_azimuth_deg"]) > 0)  # shown in azimuth order
+
+
+@pytest.mark.parametrize(("name", "n", "bound"), [("canonical", 4, 135.0), ("canonical", 8, 67.5),
+                                                  ("orbit8", 6, 90.0), ("reward6", 6, 74.0)])
+def test_judge_view_coverage_of_other_presets_and_counts(name: str, n: int, bound: float) -> None:
+    positions = get_preset(name).camera_set().poses[:, :3, 3]
+    chosen = judge_views(positions, n)
+    assert len(set(chosen)) == min(n, len(positions))
+    assert largest_azimuth_gap(np.degrees(np.arctan2(positions[chosen, 1], positions[chosen, 0]))) <= bound + 1e-9
+    if name == "reward6":
+        assert chosen == list(range(6))  # the authors' six reward views, all of them, in order
+
+
+def test_judge_views_hit_the_targets_when_views_allow() -> None:
+    """36 views every 10 deg at elevation 20 contain the six targets exactly; views at other elevations lose."""
+    ring = [(np.cos(np.radians(a)), np.sin(np.radians(a))) for a in range(0, 360, 10)]
+    positions = [(x * np.cos(np.radians(e)), y * np.cos(np.radians(e)), np.sin(np.radians(e)))
+                 for e in (-40.0, 20.0, 70.0) for x, y in ring]
+    chosen = judge_views(np.array(positions) * 2.0, 6, elevation_deg=20.0)
+    assert chosen == [36 + k for k in range(0, 36, 6)]
+
+
+def test_judge_needs_the_camera_poses(tmp_path: Path) -> None:
+    item = make_item(tmp_path)
+    (tmp_path / "transforms.json").unlink()
+    [result] = VLMJudge(CannedVLM(ANSWERS)).score_many([item])
+    assert "transforms.json is missing" in result.error and "mme3dr render" in result.error
+    assert f"delete {tmp_path}" in result.error  # a render folder with its render.json counts as up to date
+
+
+# ---- a judge that cannot be gamed ----------------------------------------------------------------------------
+
+
+class TemplateCopier:
+    """A judge that answers every query by copying the answer form it was shown (the query's last line)."""
+
+    kind, model, max_new_tokens = "copier", "copier", 64
+
+    def generate(self, images: list[Image.Image], text: str) -> str:
+        return text.strip().splitlines()[-1]
+
+
+def test_copying_the_answer_template_scores_nothing(tmp_path: Path) -> None:
+    result = VLMJudge(TemplateCopier()).score(make_item(tmp_path))
+    assert result.values["vlm_checklist"] == 0.0  # the old template `"yes" or "no"` read as all "yes": 0.5 here
+    assert result.values["vlm_consistency"] == result.values["vlm_category"] == result.values["vlm_appearance"] == 0
+    assert result.values["vlm_unparsed"] == 1.0
+    assert all("template" in q["reason"] for q in result.details["queries"].values())
+
+
+class ConstantJudge:
+    """Answers every checklist question with one word and scores everything else 1."""
+
+    kind, model, max_new_tokens = "constant", "constant", 64
+
+    def __init__(self, word: str) -> None:
+        self.word = word
+
+    def generate(self, images: list[Image.Image], text: str) -> str:
+        keys = [k for k in ("shape", "appearance", "parts", "category_match", "color_smoothness", "material",
+                            "texture") if f'"{k}"' in text]
+        keys += [f"q{i}" for i in range(1, 50) if f'"q{i}"' in text]
+        return json.dumps({k: self.word if k.startswith("q") else 1 for k in keys})
+
+
+def test_constant_answers_score_the_baselines(tmp_path: Path) -> None:
+    """3 expected "yes" and 1 "no": a judge saying "yes" to all scores 0.75, one saying "no" to all 0.25,
+    and both baselines are reported with the item whatever the judge says."""
+    checklist = CHECKLIST[:2] + (ChecklistItem("colour", "Is the seat brown?", "yes"), CHECKLIST[0])
+    assert [c.answer for c in checklist] == ["yes", "no", "yes", "yes"]
+    for word, score in (("yes", 0.75), ("no", 0.25)):
+        result = VLMJudge(ConstantJudge(word)).score(make_item(tmp_path / word, checklist=checklist))
+        assert result.values["vlm_checklist"] == score
+        assert result.values["vlm_checklist_all_yes"] == 0.75 and result.values["vlm_checklist_all_no"] == 0.25
+        assert result.values["vlm_unparsed"] == 0.0
+
+
+class Box(Generator):
+    def generate_one(self, request):
+        trimesh.creation.box(extents=(1.0, 0.6, 0.4)).export(request.output_dir / "mesh.ply")
+        return request.output_dir / "mesh.ply"
+
+
+def test_reports_print_baselines_and_failures_beside_checklist_accuracy(tmp_path: Path) -> None:
+    """A judge that says "yes" to every question scores exactly the all-yes baseline, and every report shows
+    that baseline (and the all-no one, and the unparsed answers) beside the checklist accuracy."""
+    prompts = load_benchmark(limit=3)
+    expected = [c.answer for r in prompts for c in r.checklist]
+    yes_rate = np.mean([np.mean([c.answer == "yes" for c in r.checklist]) for r in prompts])
+    assert 0 < yes_rate < 1 and set(expected) == {"yes", "no"}
+    run, preset = tmp_path / "RUN", CANONICAL.with_overrides(resolution=16, n_views=8)
+    generate_run(Box(), prompts, run, model_spec=ModelSpec("box"), progress=False)
+    render_run(run, preset, progress=False)
+    score_run(run, ["vlm"], preset, built={"vlm": VLMJudge(ConstantJudge("yes"))}, progress=False)
+    files = build_report([run], tmp_path / "report", plots=False)
+
+    md = files.markdown.read_text()
+    table = md.split("### vlm_checklist (higher is better)\n\n")[1].split("\n\n")[0].splitlines()
+    header = [c.strip() for c in table[0].strip("|").split("|")]
+    row = dict(zip(header, (c.strip() for c in table[2].strip("|").split("|"))))
+    assert float(row["micro"]) == pytest.approx(yes_rate, abs=1e-3)
+    assert float(row["all-yes baseline"]) == pytest.approx(yes_rate, abs=1e-3)
+    assert float(row["all-no baseline"]) == pytest.approx(1 - yes_rate, abs=1e-3)
+    assert float(row["unparsed answers"]) == 0.0
+    page = files.html.read_text()
+    detail = page[page.index("<h3>vlm_checklist</h3>"):].split("</table>")[0]
+    cells = dict(zip(re.findall(r"<th>(.*?)</th>", detail), re.findall(r"<td[^>]*>(.*?)</td>", detail)))
+    assert float(cells["micro"]) == float(cells["all-yes baseline"]) == pytest.approx(yes_rate, abs=1e-3)
+    assert float(cells["all-no baseline"]) == pytest.approx(1 - yes_rate, abs=1e-3)
+    assert float(cells["unparsed answers"]) == 0.0
 
 
 # ---- answer parsing ------------------------------------------------------------------------------------------
@@ -227,9 +409,33 @@ def test_parse_yes_no(raw: str, expected: str | None) -> None:
 
 def test_parse_yes_no_lines_and_unknown_kind() -> None:
     assert parse_json_answer("q1: Yes\nq2: no\nq10: yes", ("q1", "q2"), "yesno").value == {"q1": "yes", "q2": "no"}
+    assert parse_json_answer("q1: yes. q2: 'no'; q3 = true", ("q1", "q2", "q3"), "yesno").value == {
+        "q1": "yes", "q2": "no", "q3": "yes"}
     assert not parse_json_answer("q10: yes", ("q1",), "yesno").ok
     with pytest.raises(ValueError, match="unknown answer kind"):
         parse_json_answer("{}", ("a",), "likert")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("text", [
+    '{"q1": "yes" or "no", "q2": "yes" or "no"}',  # the old answer template, copied
+    "q1: yes or no\nq2: yes or no",
+    '{"q1": "yes/no", "q2": "no"}',
+    '{"q1": "<answer>", "q2": "<answer>"}',
+])
+def test_answers_naming_both_options_or_a_placeholder_fail(text: str) -> None:
+    result = parse_json_answer(text, ("q1", "q2"), "yesno")
+    assert not result.ok and result.value is None
+
+
+@pytest.mark.parametrize("text", [
+    '{"q1": "<answer>", "q2": "<answer>"}',
+    '  {"q1":"<answer>",\n "q2": "<ANSWER>"}  ',
+    'Sure:\n```json\n{"q1": "<answer>", "q2": "<answer>"}\n```',
+])
+def test_answer_identical_to_the_template_is_refused(text: str) -> None:
+    result = parse_json_answer(text, ("q1", "q2"), "yesno", template=checklist_schema(2))
+    assert not result.ok and "template" in result.error
+    assert parse_json_answer('{"q1": "yes", "q2": "no"}', ("q1", "q2"), "yesno", template=checklist_schema(2)).ok
 
 
 # ---- OpenAI-compatible HTTP backend --------------------------------------------------------------------------

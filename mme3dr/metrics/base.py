@@ -16,7 +16,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
-import numpy as np
 from PIL import Image
 
 from mme3dr.data import ChecklistItem
@@ -56,13 +55,6 @@ def composite(img: Image.Image, background: tuple[int, int, int] = (255, 255, 25
     canvas = Image.new("RGB", img.size, background)
     canvas.paste(img, mask=img.split()[3])
     return canvas
-
-
-def pick_views(n_total: int, n: int) -> list[int]:
-    """``n`` view indices spread evenly over ``n_total`` (all of them when n >= n_total)."""
-    if n >= n_total:
-        return list(range(n_total))
-    return [int(i) for i in np.round(np.linspace(0, n_total, n, endpoint=False))]
 
 
 @dataclass

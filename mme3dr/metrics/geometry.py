@@ -1,11 +1,20 @@
 """Geometry checks of a generated mesh: closedness, parts, floating parts, stability, degenerate faces, shape.
 
-The asset is loaded with :func:`mme3dr.assets.load_asset` into the canonical frame (z-up, bounding box centred,
-largest extent 1), so every length below is in *normalised units* (a fraction of the object's largest extent).
-All sub-meshes are concatenated, then vertices whose coordinates agree after rounding to ``merge_digits``
-decimals (default 6: about 1e-6 normalised units) are merged, and faces that then use one vertex twice
-(collapsed to a point or a segment) are dropped: this is the *merged mesh*. ``tol`` below is ``contact_tol``
-(default 0.01); the *ground* is the lowest z of the merged mesh.
+The asset is loaded with :func:`mme3dr.assets.load_asset` into the canonical frame (the adapter's declared up axis
+turned to +z, bounding box centred, largest extent 1; normalisation never rotates), so every length below is in
+*normalised units* (a fraction of the object's largest extent). All sub-meshes are concatenated, then vertices
+whose coordinates agree after rounding to ``merge_digits`` decimals (default 6: about 1e-6 normalised units) are
+merged, and faces that then use one vertex twice (collapsed to a point or a segment) are dropped: this is the
+*merged mesh*. ``tol`` below is ``contact_tol`` (default 0.01).
+
+**Resting pose.** Support and floating parts are judged with the object standing as generated, up to a small
+tilt. The canonical frame is where the generator says the object stands upright, so a large tilt is the asset's
+own fault, while a slight mis-levelling (a box generated 2 deg off) should not topple it. Rule: among the faces
+of the convex hull of the merged mesh (for a flat mesh, whose hull has no volume, its plane seen from below),
+take the one whose outward normal is closest to straight down; its angle to -z is the *tilt*. If the tilt is at
+most ``max_tilt_deg`` (default 10 deg) the object is turned by that angle so that this face lies flat (it settles
+onto it, as it would when put down); otherwise it is left as it is, standing on whatever reaches the ground (an
+edge or a corner). The *resting pose* is the result, and the *ground* is its lowest z.
 
 Values, with [direction; unit] (all are floats):
 
@@ -14,29 +23,34 @@ Values, with [direction; unit] (all are floats):
 ``components`` [lower, 1 is ideal; a count]
     Number of connected components of the merged mesh, where faces are connected when they share a vertex
     (and hence when they share an edge).
-``floating_parts`` [lower, 0 is ideal; a count]
-    Number of components not connected to the ground through a chain of touching components. A component
-    touches the ground when its lowest vertex is at most ``tol`` above the ground. Two components touch when some point of one
-    lies within ``tol`` of some point of the other, the points of each component being its vertices plus its
-    share of ``contact_samples`` area-weighted random surface samples (seeded by ``seed``), thinned to one
-    point per component and cube of side ``tol / 4`` so that the KD-tree work stays bounded for dense meshes.
-    Every point lies on the surface, so a gap wider than ``tol`` is never taken for contact; a contact is
-    missed only if no pair of points lands within ``tol`` of each other, which the sample density makes
-    unlikely for touching faces. Support is transitive: a part resting on a part that stands on the ground is
-    supported, while parts that touch only each other and hover together all count as floating.
+``floating_area`` [lower, 0 is ideal; a fraction in [0, 1]]
+    Share of the merged mesh's surface area that lies in *floating* components, so that a few specks of dust
+    weigh what their area weighs (200 specks of side 0.002 on a unit box: about 0.001), while a detached seat
+    hovering over its legs weighs a lot. A component floats when it is not connected to the ground (in the
+    resting pose) through a chain of touching components. A component touches the ground when its lowest vertex
+    is at most ``tol`` above the ground. Two components touch when some point of one lies within ``tol`` of some
+    point of the other, the points of each component being its vertices plus its share of ``contact_samples``
+    area-weighted random surface samples (seeded by ``seed``), thinned to one point per component and cube of
+    side ``tol / 4`` so that the KD-tree work stays bounded for dense meshes. Every point lies on the surface,
+    so a gap wider than ``tol`` is never taken for contact; a contact is missed only if no pair of points lands
+    within ``tol`` of each other, which the sample density makes unlikely for touching faces. Support is
+    transitive: a part resting on a part that stands on the ground is supported, while parts that touch only
+    each other and hover together all float. The number of floating components is kept in ``details``.
 ``stable`` [higher; 0 or 1]
-    1.0 if ``stability_margin >= -tol``, else 0.0: the centre of mass, projected on the ground plane, lies inside
-    the support polygon or within ``tol`` of it. The support polygon is the 2D convex hull of the (x, y) of the
-    *support points*, the vertices at most ``tol`` above the ground. With fewer than three non-collinear support
-    points the support is a segment or a point, which has no inside: the object is then stable only when the
-    projected centre of mass is within ``tol`` of that segment or point (a balance on an edge or a tip).
+    1.0 if the object stands on a support polygon of positive area with its centre of mass inside it by at least
+    ``min_margin`` (default 0.01 normalised units): ``support == "polygon"`` and ``stability_margin >=
+    min_margin`` (which implies a polygon area of at least pi min_margin^2), else 0.0. In the resting pose, the
+    *support points* are the vertices at most ``tol`` above the ground, and the support polygon is the 2D convex
+    hull of their (x, y). With fewer than three non-collinear support points the support is a segment or a
+    point, with no area: a cone on its apex, a needle on its tip, a zero-thickness sheet standing on its edge
+    and a box balanced on an edge are unstable, however exactly the centre of mass sits above the support.
     The centre of mass is the volume centroid (trimesh ``center_mass``) when the merged mesh is a volume
     (watertight, consistently wound, positive volume; trimesh ``is_volume``), else the area-weighted centroid
     of the surface (trimesh ``centroid``).
 ``stability_margin`` [higher; normalised units]
-    Signed distance from the projected centre of mass to the boundary of the support polygon: the distance to
-    the nearest boundary edge, positive when inside, negative when outside. For a segment or point support it
-    is minus the distance to that segment or point (never positive).
+    Signed distance, in the resting pose, from the centre of mass projected on the ground to the boundary of the
+    support polygon: the distance to the nearest boundary edge, positive when inside, negative when outside.
+    For a segment or point support it is minus the distance to that segment or point (never positive).
 ``degenerate_faces`` [lower; a fraction in [0, 1]]
     Fraction of the faces of the concatenated mesh (before merging) whose area is at most ``degenerate_area``
     (default 1e-10 squared normalised units): faces with a repeated vertex, collinear vertices or slivers.
@@ -46,8 +60,10 @@ Values, with [direction; unit] (all are floats):
     ``1 / min_extent`` (1000) rather than infinity.
 
 ``details`` holds ``extents`` ([x, y, z] of the bounding box), ``n_faces`` (faces before merging), ``com``
-([x, y, z] of the centre of mass used), ``com_kind`` ("volume" or "surface") and ``support`` ("polygon",
-"segment" or "point").
+([x, y, z] of the centre of mass used, canonical frame), ``com_kind`` ("volume" or "surface"), ``tilt_deg`` (the
+angle of the most nearly horizontal hull face below the object), ``settled`` (whether the object was turned onto
+that face), ``support`` ("polygon", "segment" or "point"), ``support_area`` (area of the support polygon, 0 for a
+segment or point) and ``floating_parts`` (the number of floating components).
 """
 
 from __future__ import annotations
@@ -63,7 +79,7 @@ from scipy.spatial import ConvexHull, QhullError, cKDTree
 from mme3dr.assets import AssetError, load_asset
 from mme3dr.metrics.base import HIGHER, LOWER, NONE, MetricResult, PromptMetric, ScoreItem
 
-#: Direction of ``aspect_ratio``: neither a larger nor a smaller value is better.
+DOWN = np.array([0.0, 0.0, -1.0])
 
 
 class GeometryMetric(PromptMetric):
@@ -74,18 +90,24 @@ class GeometryMetric(PromptMetric):
     directions: ClassVar[dict[str, str]] = {
         "watertight": HIGHER,
         "components": LOWER,
-        "floating_parts": LOWER,
+        "floating_area": LOWER,
         "stable": HIGHER,
         "stability_margin": HIGHER,
         "degenerate_faces": LOWER,
         "aspect_ratio": NONE,
     }
 
-    def __init__(self, contact_tol: float = 0.01, merge_digits: int = 6, contact_samples: int = 100_000,
-                 degenerate_area: float = 1e-10, min_extent: float = 1e-3, seed: int = 0) -> None:
-        if contact_tol <= 0 or min_extent <= 0:
-            raise ValueError(f"contact_tol ({contact_tol}) and min_extent ({min_extent}) must be positive")
+    def __init__(self, contact_tol: float = 0.01, min_margin: float = 0.01, max_tilt_deg: float = 10.0,
+                 merge_digits: int = 6, contact_samples: int = 100_000, degenerate_area: float = 1e-10,
+                 min_extent: float = 1e-3, seed: int = 0) -> None:
+        if contact_tol <= 0 or min_extent <= 0 or min_margin <= 0:
+            raise ValueError(f"contact_tol ({contact_tol}), min_margin ({min_margin}) and min_extent "
+                             f"({min_extent}) must be positive")
+        if not 0 <= max_tilt_deg < 90:
+            raise ValueError(f"max_tilt_deg must be in [0, 90), got {max_tilt_deg}")
         self.contact_tol = contact_tol
+        self.min_margin = min_margin
+        self.max_tilt_deg = max_tilt_deg
         self.merge_digits = merge_digits
         self.contact_samples = contact_samples
         self.degenerate_area = degenerate_area
@@ -93,9 +115,9 @@ class GeometryMetric(PromptMetric):
         self.seed = seed
 
     def config(self) -> dict[str, Any]:
-        return {"contact_tol": self.contact_tol, "merge_digits": self.merge_digits,
-                "contact_samples": self.contact_samples, "degenerate_area": self.degenerate_area,
-                "min_extent": self.min_extent, "seed": self.seed}
+        return {"contact_tol": self.contact_tol, "min_margin": self.min_margin, "max_tilt_deg": self.max_tilt_deg,
+                "merge_digits": self.merge_digits, "contact_samples": self.contact_samples,
+                "degenerate_area": self.degenerate_area, "min_extent": self.min_extent, "seed": self.seed}
 
     def score(self, item: ScoreItem) -> MetricResult:
         if item.asset_path is None:
@@ -106,19 +128,25 @@ class GeometryMetric(PromptMetric):
             raise AssetError("no_faces", "every face has zero area: the mesh is points or lines", item.asset_path)
         labels = component_labels(mesh)
         com, com_kind = centre_of_mass(mesh)
-        margin, support = stability_margin(mesh, com, self.contact_tol)
+        turn, tilt = resting_rotation(mesh.vertices, self.max_tilt_deg)
+        resting = mesh.copy()
+        resting.apply_transform(turn)
+        margin, support, support_area = stability_margin(resting.vertices, turn[:3, :3] @ com, self.contact_tol)
+        floating = floating_components(resting, labels, self.contact_tol, self.contact_samples, self.seed)
+        area = np.bincount(labels[mesh.faces[:, 0]], weights=mesh.area_faces, minlength=len(floating))
         extents = np.ptp(mesh.vertices, axis=0)
         values = {
             "watertight": float(mesh.is_watertight),
-            "components": float(labels.max() + 1),
-            "floating_parts": float(count_floating(mesh, labels, self.contact_tol, self.contact_samples, self.seed)),
-            "stable": float(margin >= -self.contact_tol),
+            "components": float(len(floating)),
+            "floating_area": float(area[floating].sum() / area.sum()),
+            "stable": float(support == "polygon" and margin >= self.min_margin),
             "stability_margin": margin,
             "degenerate_faces": float(np.mean(raw.area_faces <= self.degenerate_area)),
             "aspect_ratio": float(extents.max() / max(extents.min(), self.min_extent)),
         }
         details = {"extents": extents.tolist(), "n_faces": len(raw.faces), "com": com.tolist(),
-                   "com_kind": com_kind, "support": support}
+                   "com_kind": com_kind, "tilt_deg": tilt, "settled": tilt <= self.max_tilt_deg,
+                   "support": support, "support_area": support_area, "floating_parts": int(floating.sum())}
         return MetricResult(values=values, details=details)
 
 
@@ -138,16 +166,39 @@ def component_labels(mesh: trimesh.Trimesh) -> np.ndarray:
     return trimesh.graph.connected_component_labels(mesh.edges_unique, node_count=len(mesh.vertices))
 
 
-def count_floating(mesh: trimesh.Trimesh, labels: np.ndarray, tol: float, n_samples: int, seed: int) -> int:
-    """Components not connected to the ground through a chain of contacts; see ``floating_parts`` in the module
-    docstring. Contacts are graph edges; a component floats when its connected group holds no grounded one."""
+def resting_rotation(vertices: np.ndarray, max_tilt_deg: float) -> tuple[np.ndarray, float]:
+    """The 4x4 rotation into the resting pose and the tilt in degrees; see "Resting pose" in the module docstring.
+
+    Candidate faces: the facets of the 3D convex hull (outward unit normals ``n``), or, when Qhull finds no 3D
+    hull (a flat mesh), the mesh's plane with both normals (the last right singular vector of the centred
+    vertices). tilt = arccos(max n . (0, 0, -1)). The rotation turns that normal onto -z (trimesh
+    ``align_vectors``) when tilt <= ``max_tilt_deg``, else it is the identity.
+    """
+    try:
+        normals = ConvexHull(vertices).equations[:, :3]
+    except QhullError:  # coplanar (or collinear) vertices: a flat object
+        plane = np.linalg.svd(vertices - vertices.mean(axis=0), full_matrices=False)[2][-1]
+        normals = np.stack([plane, -plane])
+    cosines = normals @ DOWN
+    best = int(np.argmax(cosines))
+    tilt = float(np.degrees(np.arccos(np.clip(cosines[best], -1.0, 1.0))))
+    if tilt > max_tilt_deg:
+        return np.eye(4), tilt
+    return trimesh.geometry.align_vectors(normals[best], DOWN), tilt
+
+
+def floating_components(mesh: trimesh.Trimesh, labels: np.ndarray, tol: float, n_samples: int,
+                        seed: int) -> np.ndarray:
+    """Per component: True when it is not connected to the ground through a chain of contacts; see
+    ``floating_area`` in the module docstring. Contacts are graph edges; a component floats when its connected
+    group holds no grounded one."""
     n = int(labels.max()) + 1
     z = mesh.vertices[:, 2]
     lowest = np.full(n, np.inf)
     np.minimum.at(lowest, labels, z)
     candidates = lowest > z.min() + tol
     if not candidates.any():
-        return 0
+        return candidates
     samples, face_index = trimesh.sample.sample_surface(mesh, n_samples, seed=seed)
     points = np.vstack([mesh.vertices, samples])
     owner = np.concatenate([labels, labels[mesh.faces[face_index, 0]]])
@@ -163,8 +214,7 @@ def count_floating(mesh: trimesh.Trimesh, labels: np.ndarray, tol: float, n_samp
     e = np.concatenate(edges, axis=1)
     graph = coo_matrix((np.ones(e.shape[1]), (e[0], e[1])), shape=(n, n))
     _, group = connected_components(graph, directed=False)
-    grounded_groups = np.unique(group[~candidates])
-    return int(np.sum(~np.isin(group, grounded_groups)))
+    return ~np.isin(group, np.unique(group[~candidates]))
 
 
 def _cell_index(points: np.ndarray, side: float) -> np.ndarray:
@@ -181,25 +231,26 @@ def centre_of_mass(mesh: trimesh.Trimesh) -> tuple[np.ndarray, str]:
     return np.asarray(mesh.centroid, dtype=float), "surface"
 
 
-def stability_margin(mesh: trimesh.Trimesh, com: np.ndarray, tol: float) -> tuple[float, str]:
-    """Signed distance from ``com[:2]`` to the boundary of the support (positive inside) and the support kind.
+def stability_margin(vertices: np.ndarray, com: np.ndarray, tol: float) -> tuple[float, str, float]:
+    """Signed distance from ``com[:2]`` to the boundary of the support (positive inside), the support kind and
+    the support polygon's area (0 for a segment or a point).
 
     Support points: (x, y) of the vertices with z <= lowest z + ``tol``. Their convex hull is the polygon; when
     Qhull finds no 2D hull (fewer than 3 non-collinear points) the support is the segment between the two
     extreme points along their common line, or a single point, and the margin is minus the distance to it.
     """
-    z = mesh.vertices[:, 2]
-    xy = np.unique(mesh.vertices[z <= z.min() + tol, :2], axis=0)
+    z = vertices[:, 2]
+    xy = np.unique(vertices[z <= z.min() + tol, :2], axis=0)
     p = com[:2]
     try:
         hull = ConvexHull(xy)
     except QhullError:  # fewer than 3 points, or all collinear
         a, b = _extreme_pair(xy)
-        return -_distance_to_segments(p, a[None], b[None]), "point" if np.array_equal(a, b) else "segment"
+        return -_distance_to_segments(p, a[None], b[None]), "point" if np.array_equal(a, b) else "segment", 0.0
     ring = xy[hull.vertices]  # counter-clockwise
     distance = _distance_to_segments(p, ring, np.roll(ring, -1, axis=0))
     inside = bool(np.all(hull.equations[:, :2] @ p + hull.equations[:, 2] <= 0))
-    return (distance if inside else -distance), "polygon"
+    return (distance if inside else -distance), "polygon", float(hull.volume)  # a 2D hull's volume is its area
 
 
 def _extreme_pair(xy: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

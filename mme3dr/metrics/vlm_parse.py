@@ -1,5 +1,7 @@
 """Reading a VLM judge's answer: a JSON object with named keys, validated, never silently repaired.
 
+An answer identical to the query's answer ``template`` (compared without whitespace and case, also inside a code
+fence) is refused first: a judge that copies the template has answered nothing. Otherwise
 :func:`parse_json_answer` looks for the object in this order and uses the first stage that yields one:
 
 1. ``strict``: the whole answer is a JSON object.
@@ -7,8 +9,10 @@
 3. ``block``: the first balanced ``{...}`` in the text that reads as a JSON object (or, failing JSON, as a
    Python dict literal such as ``{'shape': 1}``).
 4. ``key-value``: no object at all, but every requested key appears as ``key: value`` or ``key = value``
-   (quotes around the key optional; e.g. a truncated ``{"shape": 1, "parts": 0`` or lines ``q1: yes``); the
-   first occurrence of each key counts.
+   (quotes around the key and the value optional; e.g. a truncated ``{"shape": 1, "parts": 0`` or lines
+   ``q1: yes``). The first occurrence of each key counts, and its value must be one word or number ended by
+   ``,`` ``;`` ``}`` ``]``, a full stop, a line break or the end: ``q1: "yes" or "no"`` names both answers and
+   fails, where a first-word reading would have taken it for "yes".
 
 Keys are matched case-insensitively; extra keys (e.g. a ``"reason"``) are ignored; a missing key fails.
 Values are then checked against ``kind``; nothing is clamped or guessed, so an out-of-range or unreadable value
@@ -33,6 +37,9 @@ AnswerKind = Literal["score", "binary", "yesno"]
 KINDS: tuple[str, ...] = ("score", "binary", "yesno")
 
 _FENCE = re.compile(r"```[A-Za-z]*\s*\n?(.*?)```", re.DOTALL)
+#: One key-value value: a word or a number, optionally quoted, then a delimiter (not more words).
+_VALUE = re.compile(r"""(?P<q>["']?)(?P<v>[A-Za-z]+|[-+]?\d*\.?\d+(?:[eE][-+]?\d+)?)(?P=q)"""
+                    r"""(?=[ \t]*(?:[,;}\]\r\n]|\.(?!\d)|$))""")
 _TRUE, _FALSE = {"yes", "true"}, {"no", "false"}
 _EXPECTED = {"score": "score in [0, 1]", "binary": "0/1 answer", "yesno": "yes/no answer"}
 
@@ -50,12 +57,15 @@ class ParseResult:
         return self.value is not None
 
 
-def parse_json_answer(text: str, keys: Sequence[str], kind: AnswerKind) -> ParseResult:
-    """Parse and validate a judge's answer holding ``keys``, each of ``kind`` (see the module docstring)."""
+def parse_json_answer(text: str, keys: Sequence[str], kind: AnswerKind, template: str | None = None) -> ParseResult:
+    """Parse and validate a judge's answer holding ``keys``, each of ``kind``; an answer equal to ``template``
+    (the answer form shown in the query) is refused (see the module docstring)."""
     if kind not in KINDS:
         raise ValueError(f"unknown answer kind {kind!r}; expected one of {', '.join(KINDS)}")
     if not text or not text.strip():
         return ParseResult(None, "empty answer")
+    if template is not None and _repeats(text, template):
+        return ParseResult(None, "the answer repeats the answer template instead of filling it in")
     found = _find_object(text, keys)
     if found is None:
         return ParseResult(None, "no JSON object and no key: value pairs for all keys in the answer")
@@ -130,15 +140,27 @@ def _brace_blocks(text: str) -> list[str]:
     return blocks
 
 
+def _repeats(text: str, template: str) -> bool:
+    """Whether ``text`` (or its first code fence) equals ``template`` once whitespace and case are ignored."""
+    fence = _FENCE.search(text)
+    candidates = [text] + ([fence.group(1)] if fence else [])
+    return any(_squash(c) == _squash(template) for c in candidates)
+
+
+def _squash(text: str) -> str:
+    return re.sub(r"\s+", "", text).lower()
+
+
 def _key_values(text: str, keys: Sequence[str]) -> dict[str, str] | None:
-    """``{key: value text}`` when every key appears as ``key: value`` / ``key = value``, else ``None``."""
+    """``{key: value text}`` when the first ``key: value`` / ``key = value`` of every key holds one well-ended
+    value (see the module docstring), else ``None``."""
     out = {}
     for key in keys:
-        pattern = rf"""["']?\b{re.escape(key)}\b["']?\s*[:=]\s*["']?([A-Za-z]+|[-+]?\d*\.?\d+(?:[eE][-+]?\d+)?)"""
-        m = re.search(pattern, text, re.IGNORECASE)
-        if m is None:
+        m = re.search(rf"""["']?\b{re.escape(key)}\b["']?\s*[:=]\s*""", text, re.IGNORECASE)
+        value = _VALUE.match(text, m.end()) if m else None
+        if value is None:
             return None
-        out[key] = m.group(1)
+        out[key] = value.group("v")
     return out
 
 

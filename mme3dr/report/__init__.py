@@ -13,7 +13,8 @@ from mme3dr.categories import CATEGORIES
 from mme3dr.jsonl import atomic_write_text
 from mme3dr.report import plots as P
 from mme3dr.report.html import render_html
-from mme3dr.report.tables import FAILURE_POLICY, RunData, directions, leaderboard, load_run, markdown, metric_keys, wide
+from mme3dr.report.tables import (FAILURE_POLICY, RunData, beside, directions, leaderboard, load_run, markdown,
+                                  metric_keys, wide)
 from mme3dr.render.runs import RENDERS_DIR
 
 
@@ -38,11 +39,12 @@ def _render_folder(run: RunData) -> Path | None:
 DETAIL_COLUMNS = ("micro", "micro_lo", "micro_hi", "micro_std", "micro_worst", "macro", "n", "n_missing")
 
 
-def _detail_table(g: pd.DataFrame) -> pd.DataFrame:
-    """Rows = runs; the summary columns, then the categories in the paper's order (intervals stay in the plots)."""
+def _detail_table(g: pd.DataFrame, extra: pd.DataFrame) -> pd.DataFrame:
+    """Rows = runs; the summary columns, the categories in the paper's order (intervals stay in the plots), then
+    the values printed beside this one (``extra``, from :func:`beside`)."""
     t = g.pivot_table(index="run", columns="column", values="value", aggfunc="first", sort=False)
     cols = [c for c in (*DETAIL_COLUMNS, *CATEGORIES) if c in t.columns]
-    return t[cols].reset_index()
+    return t[cols].join(extra).reset_index()
 
 
 def _unique_names(runs: list[RunData]) -> None:
@@ -87,7 +89,7 @@ def build_report(run_dirs: list[Path | str], out: Path | str, title: str = "MME-
             if key != "success":
                 figures += P.distributions({r.name: r.values.loc[r.values["key"] == key, "value"] for r in runs},
                                            key, out / "plots")
-    details = {key: _detail_table(g) for key, g in board.groupby("key", sort=False)}
+    details = {key: _detail_table(g, beside(board, key)) for key, g in board.groupby("key", sort=False)}
     page = render_html(runs, w, details, figures, {r.name: _render_folder(r) for r in runs}, title)
     html_path = out / "report.html"
     atomic_write_text(html_path, page)

@@ -11,6 +11,8 @@ Per run (= one model) and per metric value (e.g. ``clip``, ``stable``, ``vlm_che
   maximum if lower is better), so a model cannot gain by failing on hard prompts.
 Set metrics (KID x100, FID) come from each run's ``set_scores.json``: overall and per category, with KID's std.
 ``success`` is the share of the run's prompts that produced an asset.
+Some values are printed beside another's table too (:data:`mme3dr.metrics.vlm.REPORT_BESIDE`: the all-yes and
+all-no baselines and the unparsed answers beside ``vlm_checklist``), as their micro means (:func:`beside`).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from mme3dr.categories import CATEGORIES
 from mme3dr.defaults import DEFAULTS
 from mme3dr.generation import read_generations
 from mme3dr.jsonl import read_jsonl
+from mme3dr.metrics.vlm import REPORT_BESIDE
 from mme3dr.runinfo import RUN_FILE
 
 FAILURE_POLICY = ("Failed prompts (no asset, or a metric that could not be computed) are reported three ways: "
@@ -142,6 +145,14 @@ def leaderboard(runs: list[RunData]) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["run", "key", "column", "value"])
 
 
+def beside(board: pd.DataFrame, key: str) -> pd.DataFrame:
+    """Rows = runs; one column per value printed beside ``key`` (``REPORT_BESIDE``, labelled), holding that
+    value's micro mean. Empty when ``key`` has none."""
+    micro = board[board["column"] == "micro"]
+    return pd.DataFrame({label: micro[micro["key"] == other].set_index("run")["value"]
+                         for other, label in REPORT_BESIDE.get(key, ())})
+
+
 def wide(board: pd.DataFrame) -> pd.DataFrame:
     """One row per run, one column per ``key:column``."""
     if board.empty:
@@ -171,13 +182,15 @@ def markdown(board: pd.DataFrame, dirs: dict[str, str]) -> str:
         sub = board[board["key"] == key]
         arrow = {"higher": " (higher is better)", "lower": " (lower is better)"}.get(dirs.get(key, ""), "")
         cats = [c for c in CATEGORIES if c in set(sub["column"])]
-        header = ["run", "micro", "95% CI", "micro (failures as worst)", "macro", *cats]
+        extra = beside(board, key)
+        header = ["run", "micro", "95% CI", "micro (failures as worst)", "macro", *cats, *extra.columns]
         out += [f"### {key}{arrow}\n", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         for run, g in sub.groupby("run", sort=False):
             v = dict(zip(g["column"], g["value"]))
             ci = f"[{_fmt(v.get('micro_lo'))}, {_fmt(v.get('micro_hi'))}]" if "micro_lo" in v else (
                 f"+- {_fmt(v['micro_std'])} (std)" if "micro_std" in v else "")
             out.append("| " + " | ".join([run, _fmt(v.get("micro")), ci, _fmt(v.get("micro_worst")),
-                                          _fmt(v.get("macro")), *[_fmt(v.get(c)) for c in cats]]) + " |")
+                                          _fmt(v.get("macro")), *[_fmt(v.get(c)) for c in cats],
+                                          *[_fmt(extra[c].get(run)) for c in extra.columns]]) + " |")
         out.append("")
     return "\n".join(out)
