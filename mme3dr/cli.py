@@ -340,7 +340,9 @@ def paper(
     with pd.option_context("display.width", 200, "display.max_columns", 30):
         out.print(df.to_string(index=False, na_rep=""), markup=False, highlight=False, soft_wrap=True)
     out.print("Published numbers from arXiv 2512.10949 (KD x100; CLIP = cosine x100). The toolkit's prompt set is "
-              "its own, so a run's numbers are not directly comparable with the MME-3DR rows.", markup=False)
+              "its own, so a run's numbers are not directly comparable with the MME-3DR rows. A run's KD and FD here "
+              "are paper-style (views pooled as independent samples; FID on all views); rank runs with the "
+              "object-aware KID and fixed-count FID of `mme3dr report`.", markup=False)
 
 references_app = typer.Typer(help="Reference render sets for Kernel/Frechet distances.", no_args_is_help=True)
 app.add_typer(references_app, name="references")
@@ -353,6 +355,10 @@ def references_build(
     meshes: Annotated[Optional[Path], typer.Option(help="Folder of reference meshes (<category>/<mesh> or flat).")] = None,
     toys4k: Annotated[Optional[Path], typer.Option(help="Toys4K folder of meshes (<class>/<object>/<mesh>).")] = None,
     toys4k_csv: Annotated[Optional[Path], typer.Option(help="TRELLIS-500K's Toys4k.csv.")] = None,
+    category_map: Annotated[Optional[Path], typer.Option(
+        help="Reference object -> MME-3DR category: CSV with columns object,category, or a JSON object; keys are "
+             "object ids (Toys4K sha256), source paths or classes. Per-category KID/FID then compare against "
+             "the objects of that category.")] = None,
     preset: PresetOpt = "canonical",
     up_axis: Annotated[str, typer.Option(help="Up axis of the reference meshes (Toys4K: +z).")] = "+z",
     workers: WorkersOpt = 1, backend: BackendOpt = None,
@@ -362,7 +368,7 @@ def references_build(
     from mme3dr.render.references import build_references
 
     summary = build_references(out_dir, _preset(preset), meshes, toys4k, toys4k_csv, up_axis, workers, backend,
-                               progress)
+                               progress, category_map)
     for line in summary.lines():
         err.print(line, highlight=False, markup=False, soft_wrap=True)
 

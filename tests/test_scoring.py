@@ -66,16 +66,23 @@ def test_score_run_writes_records_and_set_scores(setup):
     sets = json.loads((run / "set_scores.json").read_text())
     assert set(sets) == {"kid", "fid", "kid_dinov2"}
     kid = sets["kid"]
-    assert kid["overall"]["n_gen"] == 16 and kid["overall"]["n_ref"] == 16
-    assert set(kid["per_category"]) == {"spatial", "mechanical"}
-    assert kid["per_category"]["spatial"]["n_ref"] == 8 and kid["per_category"]["spatial"]["reference_subset"] == "spatial"
-    assert kid["overall"]["value_x100"] == pytest.approx(100 * kid["overall"]["value"])
-    assert kid["overall"]["subset_size"] == 8 and np.isfinite(sets["fid"]["overall"]["value"])
+    ov = kid["overall"]
+    assert kid["format"] == 2 and kid["settings"]["kid_bootstrap"] == 1000
+    assert (ov["gen_objects"], ov["gen_views"], ov["ref_objects"], ov["ref_views"]) == (4, 16, 4, 16)
+    assert ov["reference_subset"] == "all" and set(kid["per_category"]) == {"spatial", "mechanical"}
+    sp = kid["per_category"]["spatial"]
+    assert (sp["gen_objects"], sp["ref_objects"], sp["ref_views"], sp["reference_subset"]) == (2, 2, 8, "spatial")
+    assert ov["se"] > 0 and ov["ci_low"] < ov["ci_high"] and ov["paper_subset_size"] == 8
+    assert np.isfinite(ov["paper_value"]) and ov["paper_std"] >= 0
+    fid = sets["fid"]["overall"]
+    assert np.isfinite(fid["value"]) and fid["value_objects"] == 4 and np.isfinite(fid["paper_value"])
+    assert fid["value"] == pytest.approx(fid["paper_value"])  # fewer objects than fid_objects: all of them, once
     assert list((run / "renders" / PRESET.tag / "features").glob("inception-*.npz"))
     # a second run does no per-prompt work and reuses cached features
     again = score_run(run, ["clip", "kid"], PRESET, ref, opts, progress=False)
     assert again.scored["clip"] == 0 and again.skipped["clip"] == 4
-    assert again.set_scores["kid"]["overall"]["value"] == pytest.approx(kid["overall"]["value"])
+    assert again.set_scores["kid"].overall.value == pytest.approx(ov["value"])  # a typed SetMetricRecord
+    assert any("x100, 95% CI" in line and "reference all (4 objects)" in line for line in again.lines())
 
 
 def test_compat_metrics(setup, tmp_path):
