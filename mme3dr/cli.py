@@ -365,11 +365,12 @@ def references_build(
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
 ) -> None:
     """Render reference meshes with a preset into REF/<preset>-<hash>/ and record them in reference.json."""
-    from mme3dr.render.references import build_references
+    from mme3dr.render.references import build_references, category_counts
 
-    summary = build_references(out_dir, _preset(preset), meshes, toys4k, toys4k_csv, up_axis, workers, backend,
-                               progress, category_map)
-    for line in summary.lines():
+    p = _preset(preset)
+    summary = build_references(out_dir, p, meshes, toys4k, toys4k_csv, up_axis, workers, backend, progress,
+                               category_map)
+    for line in [*summary.lines(), category_counts(out_dir / p.tag)]:
         err.print(line, highlight=False, markup=False, soft_wrap=True)
 
 

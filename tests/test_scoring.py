@@ -150,3 +150,43 @@ def test_asset_metrics_are_cached_without_renders(setup):
     score_run(run, ["geometry"], unrendered, None, opts, progress=False)
     again = score_run(run, ["geometry"], unrendered, None, opts, progress=False)
     assert again.scored["geometry"] == 0 and again.skipped["geometry"] == 4
+
+
+@pytest.mark.slow
+def test_per_category_kid_uses_the_mapped_reference_objects(setup, tmp_path):
+    """Issue 12: with reference classes that are not MME-3DR categories every category is compared with the whole
+    set (reference_subset "all"); with a category map, with that category's objects. The stored values are the
+    object-aware KID / fixed-count FID of exactly those views (recomputed here from the feature caches)."""
+    from mme3dr.metrics.fidelity import fid_by_object, kid_by_object
+
+    run, _, opts, _ = setup
+    meshes = tmp_path / "toys"
+    for cls, n in (("chair", 3), ("robot", 2)):
+        (meshes / cls).mkdir(parents=True)
+        for i in range(n):
+            trimesh.creation.icosphere(subdivisions=1).apply_scale((1, 0.4 + 0.2 * i, 0.6 + 0.1 * n)).export(
+                meshes / cls / f"{cls}{i}.ply")
+    build_references(tmp_path / "MAPPED", PRESET, meshes=meshes, progress=False,
+                     category_map={"chair": "spatial", "robot": "mechanical"})
+    mapped = score_run(run, ["kid", "fid"], PRESET, tmp_path / "MAPPED", opts, progress=False).set_scores
+    build_references(tmp_path / "MAPPED", PRESET, meshes=meshes, progress=False)  # rebuilt without the map
+    plain = score_run(run, ["kid", "fid"], PRESET, tmp_path / "MAPPED", opts, progress=False).set_scores
+    assert all(e.reference_subset == "all" and e.ref_objects == 5 for e in plain["kid"].groups().values())
+    sp, me = mapped["kid"].per_category["spatial"], mapped["kid"].per_category["mechanical"]
+    assert (sp.reference_subset, sp.ref_objects, sp.ref_views, sp.gen_objects) == ("spatial", 3, 12, 2)
+    assert (me.reference_subset, me.ref_objects) == ("mechanical", 2)
+    assert mapped["fid"].per_category["spatial"].ref_views == 12 and mapped["kid"].overall.reference_subset == "all"
+
+    def cached(folder):
+        [path] = (folder / "features").glob("inception-*.npz")
+        with np.load(path) as data:
+            return dict(zip(data["keys"].tolist(), data["features"]))
+
+    gen, ref = cached(run / "renders" / PRESET.tag), cached(tmp_path / "MAPPED" / PRESET.tag)
+    spatial_ids = [p.id for p in load_benchmark(categories=["spatial", "mechanical"], limit=4) if p.category == "spatial"]
+    g = [(k, v) for k, v in gen.items() if k.split("/")[-2] in spatial_ids]
+    r = [(k, v) for k, v in ref.items() if k.split("/")[-2].startswith("chair__")]
+    ga, ra = np.stack([v for _, v in g]), np.stack([v for _, v in r])
+    la, lb = [k.split("/")[-2] for k, _ in g], [k.split("/")[-2] for k, _ in r]
+    assert sp.value == pytest.approx(kid_by_object(ga, ra, la, lb).value, rel=1e-9)
+    assert mapped["fid"].per_category["spatial"].value == pytest.approx(fid_by_object(ga, ra, la, lb).value, rel=1e-9)

@@ -160,3 +160,15 @@ def build_references(out: Path | str, preset: RenderPreset, meshes: Path | str |
         "source": {"meshes": str(meshes)} if meshes else {"toys4k": str(toys4k), "toys4k_csv": str(toys4k_csv)},
         "category_map": map_info, "n_ok": sum(e["ok"] for e in entries), "objects": entries}, indent=1))
     return summarise(folder, list(results.values()), [m["id"] for m in missing])
+
+
+def category_counts(folder: Path | str) -> str:
+    """One line: rendered reference objects per MME-3DR category (categories without any use the whole set)."""
+    ref = json.loads((Path(folder) / REFERENCE_FILE).read_text())
+    ok = [o for o in ref["objects"] if o.get("ok")]
+    counts = {c: sum(o.get("category") == c for o in ok) for c in CATEGORIES}
+    missing = [c for c, n in counts.items() if n == 0]
+    return ("reference objects per category: " + ", ".join(f"{c} {n}" for c, n in counts.items())
+            + f", none {sum(o.get('category') is None for o in ok)}"
+            + (f"; per-category KID/FID of {', '.join(missing)} use the whole set (pass --category-map FILE)"
+               if missing else ""))
