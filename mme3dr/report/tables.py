@@ -199,7 +199,7 @@ def set_details(runs: list[RunData]) -> pd.DataFrame:
                         "reference": rec.reference, **{c: getattr(e, c) for c in SET_INFO_COLUMNS}}
                 rows.append({**base, "key": main})
                 rows.append({**base, "key": paper, "value_objects": None})
-    return pd.DataFrame(rows, columns=["run", "key", "group", "reference", *SET_INFO_COLUMNS])
+    return pd.DataFrame(rows, columns=["run", "key", "group", "reference", *SET_INFO_COLUMNS], dtype=object)
 
 
 #: What a set value depends on besides the assets: the main KID only on the reference; FID also on the number of
@@ -225,8 +225,9 @@ def report_warnings(runs: list[RunData], details: pd.DataFrame) -> list[str]:
         if differ:
             parts = "; ".join(f"{r.run}: " + ", ".join(f"{c}={getattr(r, c)}" for c in cols[1:])
                               for r in g[g["group"] == differ[0]].itertuples())
-            out.append(f"{key}: runs were computed from different counts or references in {', '.join(differ)} "
-                       f"({differ[0]}: {parts}); {key} depends on them, so these runs do not compare directly")
+            names = [_group_name(d) for d in differ]
+            out.append(f"{key}: runs were computed from different counts or references in {', '.join(names)} "
+                       f"({names[0]}: {parts}); {key} depends on them, so these runs do not compare directly")
     return out
 
 
@@ -243,7 +244,7 @@ def paired_differences(runs: list[RunData], reps: int = DEFAULTS.report_bootstra
             if not (key in a.keys and key in b.keys and _ranked(a, key)):
                 continue
             va, vb = prompt_values(a, key), prompt_values(b, key)
-            both = va.join(vb, how="inner", lsuffix="_a", rsuffix="_b")
+            both = va.merge(vb, how="inner", left_index=True, right_index=True, suffixes=("_a", "_b"))
             basis = "failures as worst" if WORST_VALUES.get(key) is not None else "both scored"
             col = "penalised" if basis == "failures as worst" else "value"
             both = both[[f"{col}_a", f"{col}_b"]].dropna()
@@ -276,7 +277,7 @@ def wide(board: pd.DataFrame, details: pd.DataFrame | None = None) -> pd.DataFra
             v = getattr(r, c)
             if v is not None and not (isinstance(v, float) and np.isnan(v)):
                 extra.setdefault(f"{r.key}:{r.group}:{c}", {})[r.run] = v
-    return pd.concat([w, pd.DataFrame(extra).reindex(w.index)], axis=1)
+    return pd.concat([w, pd.DataFrame(extra, dtype=object).reindex(w.index)], axis=1)
 
 
 def directions(runs: list[RunData]) -> dict[str, str]:
@@ -295,6 +296,15 @@ def reference_label(details: pd.DataFrame, run: str, key: str, group: str) -> st
         return ""
     r = r.iloc[0]
     return f"{r['reference_subset']} ({r['gen_objects']} vs {r['ref_objects']} objects)"
+
+
+def _group_name(column: str) -> str:
+    return "overall" if column == "micro" else column
+
+
+def _ci(v: dict[str, float]) -> str:
+    lo, hi = v.get("micro_lo"), v.get("micro_hi")
+    return "" if lo is None or hi is None or np.isnan(lo) or np.isnan(hi) else f"[{_fmt(lo)}, {_fmt(hi)}]"
 
 
 def _fmt(v: float) -> str:
@@ -332,8 +342,8 @@ def markdown(board: pd.DataFrame, dirs: dict[str, str], details: pd.DataFrame | 
                     "|" + "---|" * len(header)]
             for run, g in sub.groupby("run", sort=False):
                 v = dict(zip(g["column"], g["value"]))
-                ci = f"[{_fmt(v.get('micro_lo'))}, {_fmt(v.get('micro_hi'))}]" if "micro_lo" in v else ""
-                out.append("| " + " | ".join([run, _fmt(v.get("micro")), ci, *[_fmt(v.get(c)) for c in cats]]) + " |")
+                out.append("| " + " | ".join([run, _fmt(v.get("micro")), _ci(v), *[_fmt(v.get(c)) for c in cats]])
+                           + " |")
                 refs = [reference_label(details, run, key, c) for c in ("micro", *cats)]
                 out.append("| " + " | ".join([f"{run}: reference (gen vs ref objects)", refs[0], "", *refs[1:]]) + " |")
         else:
@@ -341,8 +351,7 @@ def markdown(board: pd.DataFrame, dirs: dict[str, str], details: pd.DataFrame | 
             out += [f"### {key}{arrow}\n", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
             for run, g in sub.groupby("run", sort=False):
                 v = dict(zip(g["column"], g["value"]))
-                ci = f"[{_fmt(v.get('micro_lo'))}, {_fmt(v.get('micro_hi'))}]" if "micro_lo" in v else ""
-                out.append("| " + " | ".join([run, _fmt(v.get("micro")), ci, _fmt(v.get("micro_worst")),
+                out.append("| " + " | ".join([run, _fmt(v.get("micro")), _ci(v), _fmt(v.get("micro_worst")),
                                               _fmt(v.get("macro")), *[_fmt(v.get(c)) for c in cats]]) + " |")
         out.append("")
     if paired is not None and not paired.empty:
