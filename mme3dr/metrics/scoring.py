@@ -3,7 +3,9 @@
 Per-prompt metrics write one record per (prompt, metric) to ``RUN/scores.jsonl`` (appended and fsynced as each
 prompt is scored; re-running skips records whose metric config hash, render preset hash and asset sha256 are
 unchanged). Set metrics (KID/FID on Inception or DINOv2 features) compare the run's renders with a reference set
-rendered with the same preset, overall and per category, and go to ``RUN/set_scores.json``.
+rendered with the same preset, overall and per category, and go to ``RUN/set_scores.json`` as typed records
+(:mod:`mme3dr.metrics.set_scores`): the object-aware KID with its bootstrap interval and the FID at a fixed number
+of generated objects (:mod:`mme3dr.metrics.fidelity`), each with its paper-style value, counts and reference subset.
 """
 
 from __future__ import annotations
@@ -242,7 +244,7 @@ def score_sets(run_dir: Path, items: list[tuple[ScoreItem, dict | None]], ref_fo
                 for o in ref["objects"] if o.get("ok")}
     groups = {"overall": list(gen_objs)}
     groups.update({c: [k for k, v in gen_objs.items() if v[0] == c] for c in CATEGORIES})
-    groups = {g: objs for g, objs in groups.items() if objs}
+    groups = {g: objs for g, objs in groups.items() if objs or g == "overall"}
     ref_all = list(ref_objs)
     ref_subsets = {c: [k for k, v in ref_objs.items() if v[0] == c] for c in CATEGORIES}
     # the kernel pool of the object-aware KID: at most kid_max_objects objects per side, drawn by object
@@ -278,7 +280,9 @@ def score_sets(run_dir: Path, items: list[tuple[ScoreItem, dict | None]], ref_fo
             ext = (InceptionFeatures(options.inception_weights, options.device, options.batch_size)
                    if kind == "inception" else DinoV2Features(options.dinov2_model, options.device, options.batch_size))
             gen_feats = FeatureCache(run_dir / RENDERS_DIR / preset.tag / "features", ext).get(gen_keys, load)
-            feats[kind] = (ext.weights_id, gen_feats, FeatureCache(ref_folder / "features", ext).get(ref_keys, load))
+            ref_feats = FeatureCache(ref_folder / "features", ext).get(ref_keys, load)
+            width = max(gen_feats.shape[1], ref_feats.shape[1])  # an empty side comes back as (0, 0)
+            feats[kind] = (ext.weights_id, gen_feats.reshape(-1, width), ref_feats.reshape(-1, width))
         weights_id, g_all, r_all = feats[kind]
         if dist == "kid" and kind not in kernels:
             labels = np.concatenate([gen_labels, ref_labels])
