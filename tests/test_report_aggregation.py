@@ -111,18 +111,19 @@ def test_paired_bootstrap_differences(tmp_path):
     runs = [load_run(a), load_run(b)]
     [row] = paired_differences(runs).to_dict("records")
     assert row["n_prompts"] == 40  # spatial-x: B only, left out
-    assert row["difference"] == pytest.approx(0.5) and row["lo"] == pytest.approx(0.5) and row["hi"] == pytest.approx(0.5)
+    assert (row["difference"], row["lo"], row["hi"]) == pytest.approx((0.5, 0.5, 0.5))
     assert row["favours"] == "A" and row["basis"] == "failures as worst"
     board = leaderboard(runs)  # the unpaired intervals overlap widely
     assert value(board, "A", "clip", "micro_lo") < value(board, "B", "clip", "micro_hi")
 
     # A fails two prompts: they count as 0 for A on the prompts both attempted
-    a2 = make_run(tmp_path / "A2", "A2", prompts, {p: {"clip": 25 + h + 0.5 + rng.normal()}
-                                                 for (p, _, _), h in list(zip(prompts, hardness))[2:]})
+    a2 = make_run(tmp_path / "A2", "A2", prompts,
+                  {p: {"clip": 25 + h + 0.5 + rng.normal()} for (p, _, _), h in list(zip(prompts, hardness))[2:]})
     [row] = paired_differences([load_run(a2), runs[1]]).to_dict("records")
-    scores_a = {json.loads(l)["prompt_id"]: json.loads(l)["values"]["clip"] for l in (a2 / "scores.jsonl").read_text().splitlines()}
+    recs = [json.loads(line) for line in (a2 / "scores.jsonl").read_text().splitlines()]
+    scores_a = {r["prompt_id"]: r["values"]["clip"] for r in recs}
     d = np.array([scores_a.get(p, 0.0) - (25 + h) for (p, _, _), h in zip(prompts, hardness)])
-    means = [d[np.random.default_rng(0).integers(0, 40, size=(1000, 40))[i]].mean() for i in range(1000)]
+    means = [d[idx].mean() for idx in np.random.default_rng(0).integers(0, 40, size=(1000, 40))]  # same draws
     assert row["difference"] == pytest.approx(d.mean())
     assert (row["lo"], row["hi"]) == pytest.approx(tuple(np.percentile(means, [2.5, 97.5])))
     assert row["favours"] == ("B" if row["hi"] < 0 else "")

@@ -53,7 +53,8 @@ FAILURE_POLICY = ("Failed prompts (no asset, or a metric that could not be compu
                   "rewarded. Set metrics (KID, FID) use the assets that exist; read them beside `success`.")
 
 #: set_scores.json metric -> (leaderboard key of the main value, key of the paper-style value, scale)
-SET_KEYS = {"kid": ("kid_x100", "kid_pooled_x100", 100.0), "kid_dinov2": ("kid_dinov2_x100", "kid_dinov2_pooled_x100", 100.0),
+SET_KEYS = {"kid": ("kid_x100", "kid_pooled_x100", 100.0),
+            "kid_dinov2": ("kid_dinov2_x100", "kid_dinov2_pooled_x100", 100.0),
             "fid": ("fid", "fid_all_views", 1.0), "fid_dinov2": ("fid_dinov2", "fid_dinov2_all_views", 1.0)}
 SET_INFO_COLUMNS = ("reference_subset", "gen_objects", "gen_views", "ref_objects", "ref_views", "value_objects")
 
