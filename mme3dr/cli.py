@@ -388,7 +388,9 @@ def paper(
     with pd.option_context("display.width", 200, "display.max_columns", 30):
         out.print(df.to_string(index=False, na_rep=""), markup=False, highlight=False, soft_wrap=True)
     out.print("Published numbers from arXiv 2512.10949 (KD x100; CLIP = cosine x100). The toolkit's prompt set is "
-              "its own, so a run's numbers are not directly comparable with the MME-3DR rows.", markup=False)
+              "its own, so a run's numbers are not directly comparable with the MME-3DR rows. A run's KD and FD here "
+              "are paper-style (views pooled as independent samples; FID on all views); rank runs with the "
+              "object-aware KID and fixed-count FID of `mme3dr report`.", markup=False)
 
 
 references_app = typer.Typer(help="Reference render sets for Kernel/Frechet distances.", no_args_is_help=True)
@@ -402,17 +404,22 @@ def references_build(
     meshes: Annotated[Optional[Path], typer.Option(help="Folder of reference meshes (<category>/<mesh> or flat).")] = None,
     toys4k: Annotated[Optional[Path], typer.Option(help="Toys4K folder of meshes (<class>/<object>/<mesh>).")] = None,
     toys4k_csv: Annotated[Optional[Path], typer.Option(help="TRELLIS-500K's Toys4k.csv.")] = None,
+    category_map: Annotated[Optional[Path], typer.Option(
+        help="Reference object -> MME-3DR category: CSV with columns object,category, or a JSON object; keys are "
+             "object ids (Toys4K sha256), source paths or classes. Per-category KID/FID then compare against "
+             "the objects of that category.")] = None,
     preset: PresetOpt = DEFAULTS.preset,
     up_axis: Annotated[str, typer.Option(help="Up axis of the reference meshes (Toys4K: +z).")] = DEFAULTS.up_axis,
     workers: WorkersOpt = 1, backend: BackendOpt = None,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
 ) -> None:
     """Render reference meshes with a preset into REF/<preset>-<hash>/ and record them in reference.json."""
-    from mme3dr.render.references import build_references
+    from mme3dr.render.references import build_references, category_counts
 
-    summary = build_references(out_dir, _preset(preset), meshes, toys4k, toys4k_csv, up_axis, workers, backend,
-                               progress)
-    for line in summary.lines():
+    p = _preset(preset)
+    summary = build_references(out_dir, p, meshes, toys4k, toys4k_csv, up_axis, workers, backend, progress,
+                               category_map)
+    for line in [*summary.lines(), category_counts(out_dir / p.tag)]:
         err.print(line, highlight=False, markup=False, soft_wrap=True)
 
 

@@ -5,7 +5,10 @@ Change a default here and every entry point follows; nothing else in the package
 
 from __future__ import annotations
 
+import math
+from collections.abc import Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
 
 
 @dataclass(frozen=True)
@@ -61,6 +64,54 @@ class Defaults:
     #: Output files of `mme3dr score`.
     scores_file: str = "scores.jsonl"
     set_scores_file: str = "set_scores.json"
+    #: Main (object-aware) KID: bootstrap replicates over objects, seed (torch-fidelity's 2020, also used for the
+    #: pooled KID's subsets and the FID draws), and the most objects per set (a larger set is subsampled by object).
+    kid_bootstrap: int = 1000
+    kid_seed: int = 2020
+    kid_max_objects: int = 1000
+    #: Pooled (paper-style) KID: subsets and the largest subset size in views (torch-fidelity's defaults).
+    kid_pooled_subsets: int = 100
+    kid_pooled_max_subset: int = 1000
+    #: Headline FID: generated objects per draw (38 = World-Knowledge, the smallest MME-3DR category, so overall
+    #: and per-category values are computed at the same count) and the number of random draws averaged.
+    fid_objects: int = 38
+    fid_draws: int = 10
+    #: Reports: bootstrap replicates over prompts for intervals (also the paired differences) and their seed.
+    report_bootstrap: int = 1000
+    report_seed: int = 0
 
 
 DEFAULTS = Defaults()
+
+
+#: The fixed worst value of every ranked per-prompt value, in one table. Reports count a prompt without a value
+#: (failed generation, render or metric) as this value in ``micro_worst`` and ``macro``, so a run's numbers never
+#: depend on which other runs share the report. ``None``: an unbounded count with no natural worst value; its
+#: failures cannot be penalised, so ``micro_worst`` is left empty and ``macro`` needs a value in every category.
+#: A metric that adds a ranked value must add it here (tests/test_report_aggregation.py checks every registered
+#: metric).
+WORST_VALUES: Mapping[str, float | None] = MappingProxyType({
+    # CLIP score, 100 x cosine: 0 = no agreement with the prompt (renders of real objects score about 15-35).
+    "clip": 0.0,
+    "clip_worst": 0.0,
+    # ar3d-r1-compat: the raw CLIP cosine, and the DINOv2 RBF similarity in (0, 1] (eval.py sets NaN to 0).
+    "ar3d_compat_clip": 0.0,
+    "ar3d_compat_kd": 0.0,
+    # VLM judge: the bottom of each scale (consistency and appearance 0-3, category 0/1, checklist accuracy 0-1).
+    "vlm_consistency": 0.0,
+    "vlm_category": 0.0,
+    "vlm_appearance": 0.0,
+    "vlm_checklist": 0.0,
+    # Share of the item's judge queries that failed (unparsed, or a copy of the template): all of them.
+    "vlm_unparsed": 1.0,
+    # Geometry (normalised units: the largest extent is 1).
+    "watertight": 0.0,
+    "stable": 0.0,
+    "degenerate_faces": 1.0,
+    # The projected centre of mass and the support both lie in the unit square of the bounding box: margin >= -sqrt 2.
+    "stability_margin": -math.sqrt(2.0),
+    # Share of the surface area in parts not connected to the ground: all of it.
+    "floating_area": 1.0,
+    # An unbounded count: no fixed worst, so failures of this value are not penalised (reports say so).
+    "components": None,
+})

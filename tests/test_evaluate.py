@@ -183,14 +183,20 @@ def test_paper_prints_table4_and_a_run_beside_it(assets, tmp_path):
     folder, _ = assets
     run = tmp_path / "RUN"
     evaluate("folder", run, {"root": str(folder)}, ["geometry"], limit=2, preset=PRESET, report=False, progress=False)
-    (run / "set_scores.json").write_text(json.dumps({"kid": {"overall": {"value": 0.002}}}))
+    from mme3dr.metrics.set_scores import SetMetricRecord, SetScore
+
+    kid = SetMetricRecord("kid", "inception", "h", "REF", SetScore("all", 2, 48, 40, 960, value=0.0005, se=0.0001,
+                                                                 ci_low=0.0003, ci_high=0.0007, paper_value=0.002))
+    (run / "set_scores.json").write_text(json.dumps({"kid": kid.to_json()}))
     res = CliRunner().invoke(app, ["paper", "--run", str(run), "--name", "mine"])
     assert res.exit_code == 0 and "MME-3DR (this toolkit)" in res.stdout and "d_kd_incep_x100" in res.stdout
     from mme3dr.paper import table4_with_runs
 
     t = table4_with_runs([run])
     ar3d = t[(t["benchmark"] == "MME-3DR") & (t["method"] == "AR3D-R1")].iloc[0]
-    assert ar3d["d_kd_incep_x100"] == pytest.approx(0.2 - 0.194)
+    assert ar3d["d_kd_incep_x100"] == pytest.approx(0.2 - 0.194)  # the paper-style (pooled) value
+    mine = t[t["method"] == "mine"] if "mine" in set(t["method"]) else t[t["benchmark"] == "MME-3DR (this toolkit)"]
+    assert mine.iloc[0]["reference"] == "all (40 objects)" and mine.iloc[0]["gen_objects"] == 2
     res = CliRunner().invoke(app, ["paper", "--run", str(run), "--run", str(run), "--benchmark", "MME-3DR", "--markdown"])
     assert res.exit_code == 0 and res.stdout.count("| MME-3DR (this toolkit) |") == 2 and "d_clip" not in res.stdout
     assert "Toys4K" not in res.stdout and "| MME-3DR | AR3D-R1 | 28.5 |" in res.stdout

@@ -93,7 +93,8 @@ def test_reference_sets_from_folders_and_toys4k(tmp_path):
     assert s.rendered == 2
     ref = json.loads((tmp_path / "REF" / preset.tag / REFERENCE_FILE).read_text())
     assert ref["preset_hash"] == preset.hash and ref["n_ok"] == 2
-    assert {(o["id"], o["category"]) for o in ref["objects"]} == {("chair__c1", "chair"), ("loose", None)}
+    assert {(o["id"], o["source_class"], o["category"]) for o in ref["objects"]} == {
+        ("chair__c1", "chair", None), ("loose", None, None)}  # "chair" is not an MME-3DR category
 
     toys = tmp_path / "toys4k"
     (toys / "airplane" / "airplane_000").mkdir(parents=True)
@@ -105,8 +106,73 @@ def test_reference_sets_from_folders_and_toys4k(tmp_path):
     s = build_references(tmp_path / "REF2", preset, toys4k=toys, toys4k_csv=csv, progress=False)
     ref = json.loads((tmp_path / "REF2" / preset.tag / REFERENCE_FILE).read_text())
     objs = {o["id"]: o for o in ref["objects"]}
-    assert objs["aaa"]["ok"] and objs["aaa"]["category"] == "airplane"
+    assert objs["aaa"]["ok"] and objs["aaa"]["source_class"] == "airplane" and objs["aaa"]["category"] is None
     assert not objs["bbb"]["ok"] and "no mesh file" in objs["bbb"]["error"]
     assert s.not_generated == ["bbb"]
     with pytest.raises(ValueError, match="exactly one source"):
         build_references(tmp_path / "R3", preset)
+
+
+def test_reference_category_map_from_csv_json_and_the_cli(tmp_path):
+    """Issue 12: Toys4K classes never equal MME-3DR categories; a map file assigns them, by object id, source path
+    or class, so per-category KID compares against the right objects."""
+    from typer.testing import CliRunner
+
+    from mme3dr.cli import app
+    from mme3dr.render.references import read_category_map
+
+    toys = tmp_path / "toys4k"
+    for ident in ("airplane/airplane_000", "airplane/airplane_001", "dog/dog_000", "cup/cup_000"):
+        (toys / ident).mkdir(parents=True)
+        M.vertex_coloured_glb(toys / ident / "mesh.glb")
+    csv = tmp_path / "Toys4k.csv"
+    csv.write_text("sha256,file_identifier\n" + "".join(
+        f"s{i},{ident}/{ident.split('/')[1]}.blend\n"
+        for i, ident in enumerate(("airplane/airplane_000", "airplane/airplane_001", "dog/dog_000", "cup/cup_000"))))
+    cmap = tmp_path / "map.csv"
+    cmap.write_text("object,category,comment\n"
+                    "s0,mechanical,by id\n"
+                    "airplane/airplane_001/airplane_001.blend,spatial,by source path\n"
+                    "dog,Biological & Organic Shapes,by class (display name)\n"
+                    "zzz,stylized,matches nothing\n")
+    assert read_category_map(cmap) == {"s0": "mechanical", "airplane/airplane_001/airplane_001.blend": "spatial",
+                                       "dog": "biological", "zzz": "stylized"}
+    preset = get_preset("canonical").with_overrides(resolution=32, n_views=2)
+    build_references(tmp_path / "REF", preset, toys4k=toys, toys4k_csv=csv, progress=False, category_map=cmap)
+    ref = json.loads((tmp_path / "REF" / preset.tag / REFERENCE_FILE).read_text())
+    cats = {o["id"]: o["category"] for o in ref["objects"]}
+    assert cats == {"s0": "mechanical", "s1": "spatial", "s2": "biological", "s3": None}
+    assert ref["category_map"]["unmatched"] == ["zzz"] and ref["category_map"]["objects_per_category"]["spatial"] == 1
+
+    build_references(tmp_path / "REFD", preset, toys4k=toys, toys4k_csv=csv, progress=False,
+                     category_map={"s0": "world_knowledge", "cup": "stylized"})  # the Python API takes a dict too
+    refd = json.loads((tmp_path / "REFD" / preset.tag / REFERENCE_FILE).read_text())
+    assert {o["id"]: o["category"] for o in refd["objects"]} == {"s0": "world-knowledge", "s1": None, "s2": None,
+                                                                 "s3": "stylized"}
+
+    meshes = tmp_path / "meshes"  # the CLI, with a JSON map keyed by class, on a one-object folder
+    (meshes / "dog").mkdir(parents=True)
+    M.vertex_coloured_glb(meshes / "dog" / "d0.glb")
+    jmap = tmp_path / "map.json"
+    jmap.write_text(json.dumps({"dog": "biological"}))
+    args = ["references", "build", "--out", str(tmp_path / "REFJ"), "--meshes", str(meshes), "--preset", "reward6",
+            "--no-progress", "--category-map"]
+    res = CliRunner().invoke(app, [*args, str(jmap)])
+    assert res.exit_code == 0, res.output
+    assert "biological 1, world-knowledge 0" in res.output and "world-knowledge, stylized use the whole set" in res.output
+    refj = json.loads(next((tmp_path / "REFJ").glob(f"*/{REFERENCE_FILE}")).read_text())
+    assert [(o["id"], o["category"]) for o in refj["objects"]] == [("dog__d0", "biological")]
+    jmap.write_text(json.dumps({"cat": "biological"}))
+    res = CliRunner().invoke(app, [*args, str(jmap)])
+    assert res.exit_code == 2 and "matches no reference object" in res.output
+
+    bad = tmp_path / "bad.csv"
+    bad.write_text("object,category\ns0,furniture\n")
+    with pytest.raises(ValueError, match="unknown category 'furniture'"):
+        read_category_map(bad)
+    bad.write_text("obj,cat\ns0,spatial\n")
+    with pytest.raises(ValueError, match="columns object,category"):
+        read_category_map(bad)
+    with pytest.raises(ValueError, match="matches no reference object"):
+        build_references(tmp_path / "R4", preset, toys4k=toys, toys4k_csv=csv, progress=False,
+                         category_map={"nothing": "spatial"})

@@ -66,16 +66,23 @@ def test_score_run_writes_records_and_set_scores(setup):
     sets = json.loads((run / "set_scores.json").read_text())
     assert set(sets) == {"kid", "fid", "kid_dinov2"}
     kid = sets["kid"]
-    assert kid["overall"]["n_gen"] == 16 and kid["overall"]["n_ref"] == 16
-    assert set(kid["per_category"]) == {"spatial", "mechanical"}
-    assert kid["per_category"]["spatial"]["n_ref"] == 8 and kid["per_category"]["spatial"]["reference_subset"] == "spatial"
-    assert kid["overall"]["value_x100"] == pytest.approx(100 * kid["overall"]["value"])
-    assert kid["overall"]["subset_size"] == 8 and np.isfinite(sets["fid"]["overall"]["value"])
+    ov = kid["overall"]
+    assert kid["format"] == 2 and kid["settings"]["kid_bootstrap"] == 1000
+    assert (ov["gen_objects"], ov["gen_views"], ov["ref_objects"], ov["ref_views"]) == (4, 16, 4, 16)
+    assert ov["reference_subset"] == "all" and set(kid["per_category"]) == {"spatial", "mechanical"}
+    sp = kid["per_category"]["spatial"]
+    assert (sp["gen_objects"], sp["ref_objects"], sp["ref_views"], sp["reference_subset"]) == (2, 2, 8, "spatial")
+    assert ov["se"] > 0 and ov["ci_low"] < ov["ci_high"] and ov["paper_subset_size"] == 8
+    assert np.isfinite(ov["paper_value"]) and ov["paper_std"] >= 0
+    fid = sets["fid"]["overall"]
+    assert np.isfinite(fid["value"]) and fid["value_objects"] == 4 and np.isfinite(fid["paper_value"])
+    assert fid["value"] == pytest.approx(fid["paper_value"])  # fewer objects than fid_objects: all of them, once
     assert list((run / "renders" / PRESET.tag / "features").glob("inception-*.npz"))
     # a second run does no per-prompt work and reuses cached features
     again = score_run(run, ["clip", "kid"], PRESET, ref, opts, progress=False)
     assert again.scored["clip"] == 0 and again.skipped["clip"] == 4
-    assert again.set_scores["kid"]["overall"]["value"] == pytest.approx(kid["overall"]["value"])
+    assert again.set_scores["kid"].overall.value == pytest.approx(ov["value"])  # a typed SetMetricRecord
+    assert any("x100, 95% CI" in line and "reference all (4 objects)" in line for line in again.lines())
 
 
 def test_compat_metrics(setup, tmp_path):
@@ -145,3 +152,43 @@ def test_asset_metrics_are_cached_without_renders(setup):
     score_run(run, ["geometry"], unrendered, None, opts, progress=False)
     again = score_run(run, ["geometry"], unrendered, None, opts, progress=False)
     assert again.scored["geometry"] == 0 and again.skipped["geometry"] == 4
+
+
+@pytest.mark.slow
+def test_per_category_kid_uses_the_mapped_reference_objects(setup, tmp_path):
+    """Issue 12: with reference classes that are not MME-3DR categories every category is compared with the whole
+    set (reference_subset "all"); with a category map, with that category's objects. The stored values are the
+    object-aware KID / fixed-count FID of exactly those views (recomputed here from the feature caches)."""
+    from mme3dr.metrics.fidelity import fid_by_object, kid_by_object
+
+    run, _, opts, _ = setup
+    meshes = tmp_path / "toys"
+    for cls, n in (("chair", 3), ("robot", 2)):
+        (meshes / cls).mkdir(parents=True)
+        for i in range(n):
+            trimesh.creation.icosphere(subdivisions=1).apply_scale((1, 0.4 + 0.2 * i, 0.6 + 0.1 * n)).export(
+                meshes / cls / f"{cls}{i}.ply")
+    build_references(tmp_path / "MAPPED", PRESET, meshes=meshes, progress=False,
+                     category_map={"chair": "spatial", "robot": "mechanical"})
+    mapped = score_run(run, ["kid", "fid"], PRESET, tmp_path / "MAPPED", opts, progress=False).set_scores
+    build_references(tmp_path / "MAPPED", PRESET, meshes=meshes, progress=False)  # rebuilt without the map
+    plain = score_run(run, ["kid", "fid"], PRESET, tmp_path / "MAPPED", opts, progress=False).set_scores
+    assert all(e.reference_subset == "all" and e.ref_objects == 5 for e in plain["kid"].groups().values())
+    sp, me = mapped["kid"].per_category["spatial"], mapped["kid"].per_category["mechanical"]
+    assert (sp.reference_subset, sp.ref_objects, sp.ref_views, sp.gen_objects) == ("spatial", 3, 12, 2)
+    assert (me.reference_subset, me.ref_objects) == ("mechanical", 2)
+    assert mapped["fid"].per_category["spatial"].ref_views == 12 and mapped["kid"].overall.reference_subset == "all"
+
+    def cached(folder):
+        [path] = (folder / "features").glob("inception-*.npz")
+        with np.load(path) as data:
+            return dict(zip(data["keys"].tolist(), data["features"]))
+
+    gen, ref = cached(run / "renders" / PRESET.tag), cached(tmp_path / "MAPPED" / PRESET.tag)
+    spatial_ids = [p.id for p in load_benchmark(categories=["spatial", "mechanical"], limit=4) if p.category == "spatial"]
+    g = [(k, v) for k, v in gen.items() if k.split("/")[-2] in spatial_ids]
+    r = [(k, v) for k, v in ref.items() if k.split("/")[-2].startswith("chair__")]
+    ga, ra = np.stack([v for _, v in g]), np.stack([v for _, v in r])
+    la, lb = [k.split("/")[-2] for k, _ in g], [k.split("/")[-2] for k, _ in r]
+    assert sp.value == pytest.approx(kid_by_object(ga, ra, la, lb).value, rel=1e-9)
+    assert mapped["fid"].per_category["spatial"].value == pytest.approx(fid_by_object(ga, ra, la, lb).value, rel=1e-9)

@@ -22,6 +22,7 @@ from mme3dr.data import ChecklistItem, load_benchmark
 from mme3dr.generation import generate_run
 from mme3dr.metrics import score_run
 from mme3dr.metrics.base import HIGHER, LOWER, NONE, ScoreItem
+from mme3dr.metrics.scoring import BuiltMetrics
 from mme3dr.metrics.vlm import (
     CATEGORY_KEYS,
     PROMPT_VERSION,
@@ -335,7 +336,7 @@ def test_reports_print_baselines_and_failures_beside_checklist_accuracy(tmp_path
     run, preset = tmp_path / "RUN", CANONICAL.with_overrides(resolution=16, n_views=8)
     generate_run(Box(), prompts, run, model_spec=ModelSpec("box"), progress=False)
     render_run(run, preset, progress=False)
-    score_run(run, ["vlm"], preset, built={"vlm": VLMJudge(ConstantJudge("yes"))}, progress=False)
+    score_run(run, ["vlm"], preset, built=BuiltMetrics({"vlm": VLMJudge(ConstantJudge("yes"))}, {}), progress=False)
     files = build_report([run], tmp_path / "report", plots=False)
 
     md = files.markdown.read_text()

@@ -3,11 +3,14 @@
 Per-prompt metrics write one record per (prompt, metric) to ``RUN/scores.jsonl`` (appended and fsynced as each
 prompt is scored; re-running skips records whose metric config hash, render preset hash and asset sha256 are
 unchanged). Set metrics (KID/FID on Inception or DINOv2 features) compare the run's renders with a reference set
-rendered with the same preset, overall and per category, and go to ``RUN/set_scores.json``.
+rendered with the same preset, overall and per category, and go to ``RUN/set_scores.json`` as typed records
+(:mod:`mme3dr.metrics.set_scores`): the object-aware KID with its bootstrap interval and the FID at a fixed number
+of generated objects (:mod:`mme3dr.metrics.fidelity`), each with its paper-style value, counts and reference subset.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import time
@@ -16,6 +19,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from tqdm.auto import tqdm
 
 from mme3dr.categories import CATEGORIES
@@ -25,6 +29,7 @@ from mme3dr.generation import read_generations
 from mme3dr.jsonl import append_jsonl, atomic_write_text, read_jsonl, write_jsonl
 from mme3dr.metrics.base import MetricResult, PromptMetric, ScoreItem, composite
 from mme3dr.metrics.weights import WeightsCheck
+from mme3dr.metrics.set_scores import SetMetricRecord, SetScore
 from mme3dr.registry import did_you_mean
 from mme3dr.render.output import file_sha256, read_render_record
 from mme3dr.render.presets import RenderPreset
@@ -116,7 +121,7 @@ class ScoreSummary:
     scored: dict[str, int] = field(default_factory=dict)
     skipped: dict[str, int] = field(default_factory=dict)
     errors: dict[str, list[tuple[str, str]]] = field(default_factory=dict)
-    set_scores: dict[str, Any] = field(default_factory=dict)
+    set_scores: dict[str, SetMetricRecord] = field(default_factory=dict)
 
     def lines(self) -> list[str]:
         out = []
@@ -124,18 +129,19 @@ class ScoreSummary:
             out.append(f"{m}: {self.scored[m]} scored, {self.skipped.get(m, 0)} up to date, "
                        f"{len(self.errors.get(m, []))} errors")
             out += [f"  ERROR {pid}: {e}" for pid, e in self.errors.get(m, [])[:20]]
-        for m, res in self.set_scores.items():
-            out.append(f"{m}: overall {_fmt(res['overall'])}; per category: "
-                       + ", ".join(f"{c} {_fmt(v)}" for c, v in res["per_category"].items()))
+        for m, rec in self.set_scores.items():
+            out.append(f"{m}: " + "; ".join(f"{g} {_fmt(m, e)}" for g, e in rec.groups().items()))
         return out
 
 
-def _fmt(entry: dict) -> str:
-    if entry.get("value") is None:
-        return f"n/a ({entry.get('error')})"
-    if "value_x100" in entry:
-        return f"{entry['value_x100']:.3f} +- {entry['std_x100']:.3f} (x100)"
-    return f"{entry['value']:.3f}"
+def _fmt(metric: str, e: SetScore) -> str:
+    counts = f"{e.gen_objects} objects vs reference {e.reference_subset} ({e.ref_objects} objects)"
+    if e.value is None:
+        return f"n/a ({e.error})"
+    if metric.startswith("kid"):
+        return (f"{100 * e.value:.3f} x100, 95% CI [{100 * e.ci_low:.3f}, {100 * e.ci_high:.3f}] "
+                f"(pooled, paper-style {100 * e.paper_value:.3f}), {counts}")
+    return f"{e.value:.3f} at {e.value_objects} objects (all views {e.paper_value:.3f}), {counts}"
 
 
 def _items(run_dir: Path, preset: RenderPreset) -> list[tuple[ScoreItem, dict | None]]:
@@ -263,66 +269,93 @@ def _reference_folder(reference: Path | str, preset: RenderPreset) -> Path:
 
 
 def score_sets(run_dir: Path, items: list[tuple[ScoreItem, dict | None]], ref_folder: Path, names: Sequence[str],
-               preset: RenderPreset, extractors: dict[str, Any], progress: bool = True) -> dict[str, Any]:
+               preset: RenderPreset, extractors: dict[str, Any], progress: bool = True
+               ) -> dict[str, SetMetricRecord]:
     """KID/FID of the run's views against the reference views, overall and per category; writes set_scores.json.
-    ``extractors``: the loaded feature extractors by kind (:attr:`BuiltMetrics.extractors`)."""
+    ``extractors``: the loaded feature extractors by kind (:attr:`BuiltMetrics.extractors`).
+
+    Objects are the generated assets (one per prompt) and the reference objects; every view of an object carries
+    its label, so KID leaves out same-object pairs and FID draws whole objects (see :mod:`mme3dr.metrics.fidelity`).
+    A category is compared with the reference objects of that MME-3DR category, or with the whole reference set
+    when it has none (``reference_subset`` says which).
+    """
     from mme3dr.metrics.features import FeatureCache
-    from mme3dr.metrics.fidelity import default_subset_size, fid_from_features, kid_from_features
+    from mme3dr.metrics.fidelity import ObjectKernel, cap_objects, default_subset_size, fid_by_object, kid_from_features
 
     ref = json.loads((ref_folder / REFERENCE_FILE).read_text())
-    ref_objs = [o for o in ref["objects"] if o.get("ok")]
-    gen = {c: [(it.render_dir, r["asset_sha256"]) for it, r in items if r and it.category == c] for c in CATEGORIES}
-    gen = {c: v for c, v in gen.items() if v}
-    ref_by_cat = {c: [o for o in ref_objs if o.get("category") == c] for c in CATEGORIES}
-    caches = {}
-    out: dict[str, Any] = {}
-    path = run_dir / DEFAULTS.set_scores_file
-    if path.exists():
-        out = json.loads(path.read_text())
+    gen_objs = {f"gen:{it.prompt_id}": (it.category, it.render_dir, r["asset_sha256"]) for it, r in items if r}
+    ref_objs = {f"ref:{o['id']}": (o.get("category"), ref_folder / o["id"],
+                                   (read_render_record(ref_folder / o["id"]) or {}).get("asset_sha256", o["id"]))
+                for o in ref["objects"] if o.get("ok")}
+    groups = {"overall": list(gen_objs)}
+    groups.update({c: [k for k, v in gen_objs.items() if v[0] == c] for c in CATEGORIES})
+    groups = {g: objs for g, objs in groups.items() if objs or g == "overall"}
+    ref_all = list(ref_objs)
+    ref_subsets = {c: [k for k, v in ref_objs.items() if v[0] == c] for c in CATEGORIES}
+    # the kernel pool of the object-aware KID: at most kid_max_objects objects per side, drawn by object
+    kid_pool = set(cap_objects(list(gen_objs), DEFAULTS.kid_max_objects)) | set(cap_objects(ref_all,
+                                                                                             DEFAULTS.kid_max_objects))
 
-    def views(entries: list[tuple[Path, str]]) -> list[str]:
-        return [f"{d}/{p.name}@{sha[:12]}" for d, sha in entries for p in sorted(d.glob("[0-9][0-9][0-9].png"))]
-
-    def ref_entries(objs: list[dict]) -> list[tuple[Path, str]]:
-        return [(ref_folder / o["id"], (read_render_record(ref_folder / o["id"]) or {}).get("asset_sha256", o["id"]))
-                for o in objs]
+    def views(objs: dict[str, tuple]) -> tuple[list[str], np.ndarray]:
+        keys, labels = [], []
+        for label, (_, d, sha) in objs.items():
+            for p in sorted(Path(d).glob("[0-9][0-9][0-9].png")):
+                keys.append(f"{d}/{p.name}@{sha[:12]}")
+                labels.append(label)
+        return keys, np.array(labels)
 
     def load(key: str):
         from PIL import Image
 
         return composite(Image.open(key.rsplit("@", 1)[0]))
 
+    (gen_keys, gen_labels), (ref_keys, ref_labels) = views(gen_objs), views(ref_objs)
+    out: dict[str, Any] = {}
+    path = run_dir / DEFAULTS.set_scores_file
+    if path.exists():
+        out = json.loads(path.read_text())
+    feats: dict[str, tuple[str, np.ndarray, np.ndarray]] = {}
+    kernels: dict[str, ObjectKernel] = {}
+    settings = {k: getattr(DEFAULTS, k) for k in ("kid_bootstrap", "kid_seed", "kid_max_objects", "kid_pooled_subsets",
+                                                  "kid_pooled_max_subset", "fid_objects", "fid_draws")}
+    records: dict[str, SetMetricRecord] = {}
     for name in names:
         kind, dist = SET_METRICS[name]
-        if kind not in caches:
+        if kind not in feats:
             ext = extractors[kind]
-            caches[kind] = (ext, FeatureCache(run_dir / RENDERS_DIR / preset.tag / "features", ext),
-                            FeatureCache(ref_folder / "features", ext))
-        ext, gen_cache, ref_cache = caches[kind]
-        ref_feats = ref_cache.get(views(ref_entries(ref_objs)), load)
-        res: dict[str, Any] = {"extractor": ext.weights_id, "preset_hash": preset.hash, "reference": str(ref_folder),
-                               "per_category": {}}
-        groups = {"overall": [e for c in gen for e in gen[c]], **gen}
-        for group, entries in tqdm(groups.items(), desc=name, disable=not progress):
-            g = gen_cache.get(views(entries), load)
-            same_cat = ref_by_cat.get(group) or []
-            r = ref_cache.get(views(ref_entries(same_cat)), load) if same_cat else ref_feats
-            entry = {"n_gen": len(g), "n_ref": len(r),
-                     "reference_subset": group if same_cat else "all"}
+            gen_feats = FeatureCache(run_dir / RENDERS_DIR / preset.tag / "features", ext).get(gen_keys, load)
+            ref_feats = FeatureCache(ref_folder / "features", ext).get(ref_keys, load)
+            width = max(gen_feats.shape[1], ref_feats.shape[1])  # an empty side comes back as (0, 0)
+            feats[kind] = (ext.weights_id, gen_feats.reshape(-1, width), ref_feats.reshape(-1, width))
+        weights_id, g_all, r_all = feats[kind]
+        if dist == "kid" and kind not in kernels:
+            labels = np.concatenate([gen_labels, ref_labels])
+            rows = np.isin(labels, list(kid_pool))
+            kernels[kind] = ObjectKernel(np.concatenate([g_all, r_all])[rows], labels[rows])
+        per_group: dict[str, SetScore] = {}
+        for group, gen_ids in tqdm(groups.items(), desc=name, disable=not progress):
+            ref_ids = ref_all if group == "overall" or not ref_subsets[group] else ref_subsets[group]
+            g_rows, r_rows = np.isin(gen_labels, gen_ids), np.isin(ref_labels, ref_ids)
+            g, r = g_all[g_rows], r_all[r_rows]
+            entry = SetScore("all" if ref_ids is ref_all else group, len(gen_ids), len(g), len(ref_ids), len(r))
             try:
                 if dist == "kid":
+                    est = kernels[kind].kid([o for o in gen_ids if o in kid_pool], [o for o in ref_ids if o in kid_pool])
                     size = default_subset_size(len(g), len(r))
-                    mean, std = kid_from_features(g, r, subset_size=size)
-                    entry.update(value=mean, std=std, value_x100=100 * mean, std_x100=100 * std, subset_size=size,
-                                 subsets=100)
+                    pooled, spread = kid_from_features(g, r, subset_size=size)
+                    entry = dataclasses.replace(entry, gen_objects=est.objects_a, gen_views=est.views_a,
+                                                ref_objects=est.objects_b, ref_views=est.views_b, value=est.value,
+                                                se=est.se, ci_low=est.ci_low, ci_high=est.ci_high,
+                                                paper_value=pooled, paper_std=spread, paper_subset_size=size)
                 else:
-                    entry.update(value=fid_from_features(g, r))
+                    est = fid_by_object(g, r, gen_labels[g_rows], ref_labels[r_rows])
+                    entry = dataclasses.replace(entry, value=est.value, value_objects=est.n_objects,
+                                                paper_value=est.value_all_views)
             except ValueError as exc:
-                entry.update(value=None, error=str(exc))
-            if group == "overall":
-                res["overall"] = entry
-            else:
-                res["per_category"][group] = entry
-        out[name] = res
+                entry.error = str(exc)
+            per_group[group] = entry
+        overall = per_group.pop("overall")
+        records[name] = SetMetricRecord(name, weights_id, preset.hash, str(ref_folder), overall, per_group, settings)
+        out[name] = records[name].to_json()
     atomic_write_text(path, json.dumps(out, indent=1))
-    return {n: out[n] for n in names}
+    return records

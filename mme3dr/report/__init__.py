@@ -6,15 +6,17 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from mme3dr.categories import CATEGORIES
-
+from mme3dr.defaults import WORST_VALUES
 from mme3dr.jsonl import atomic_write_text
 from mme3dr.report import plots as P
 from mme3dr.report.html import render_html
-from mme3dr.report.tables import (FAILURE_POLICY, RunData, beside, directions, leaderboard, load_run, markdown,
-                                  metric_keys, wide)
+from mme3dr.report.tables import (FAILURE_POLICY, SET_INFO_COLUMNS, RunData, beside, directions, leaderboard,
+                                  load_run, markdown, metric_keys, paired_differences, reference_label,
+                                  report_warnings, set_details, wide)
 from mme3dr.render.runs import RENDERS_DIR
 
 
@@ -25,6 +27,7 @@ class ReportFiles:
     markdown: Path
     json: Path
     html: Path
+    paired: Path
     plots: list[Path]
 
 
@@ -36,15 +39,23 @@ def _render_folder(run: RunData) -> Path | None:
     return found[0] if found else None
 
 
-DETAIL_COLUMNS = ("micro", "micro_lo", "micro_hi", "micro_std", "micro_worst", "macro", "n", "n_missing")
+DETAIL_COLUMNS = ("micro", "micro_lo", "micro_hi", "micro_se", "micro_std", "micro_worst", "macro", "n", "n_missing")
 
 
-def _detail_table(g: pd.DataFrame, extra: pd.DataFrame) -> pd.DataFrame:
-    """Rows = runs; the summary columns, the categories in the paper's order (intervals stay in the plots), then
-    the values printed beside this one (``extra``, from :func:`beside`)."""
+def _detail_table(g: pd.DataFrame, details: pd.DataFrame, extra: pd.DataFrame) -> pd.DataFrame:
+    """Rows = runs; the summary columns, then the categories in the paper's order (intervals stay in the plots);
+    the values printed beside this one (``extra``, from :func:`beside`); for a set metric, the reference subset and
+    object counts of every column."""
     t = g.pivot_table(index="run", columns="column", values="value", aggfunc="first", sort=False)
     cols = [c for c in (*DETAIL_COLUMNS, *CATEGORIES) if c in t.columns]
-    return t[cols].join(extra).reset_index()
+    t = t[cols].join(extra).reset_index()
+    key = g["key"].iloc[0]
+    if key in set(details["key"]):
+        groups = [c for c in ("micro", *CATEGORIES) if c in cols]
+        t["reference (gen vs ref objects)"] = [
+            "; ".join(f"{'overall' if c == 'micro' else c}: {reference_label(details, run, key, c)}" for c in groups)
+            for run in t["run"]]
+    return t
 
 
 def _unique_names(runs: list[RunData]) -> None:
@@ -59,8 +70,8 @@ def _unique_names(runs: list[RunData]) -> None:
 
 def build_report(run_dirs: list[Path | str], out: Path | str, title: str = "MME-3DR report",
                  plots: bool = True, names: list[str] | None = None) -> ReportFiles:
-    """Write leaderboard.{csv,md,json}, report.html and plots/ for ``run_dirs`` into ``out``. ``names`` labels the
-    rows in order (default: each run's model name, made unique with its folder name)."""
+    """Write leaderboard.{csv,md,json}, paired_differences.csv, report.html and plots/ for ``run_dirs`` into ``out``.
+    ``names`` labels the rows in order (default: each run's model name, made unique with its folder name)."""
     names = list(names or [])
     if len(names) > len(run_dirs):
         raise ValueError(f"{len(names)} --name values for {len(run_dirs)} runs")
@@ -70,16 +81,31 @@ def build_report(run_dirs: list[Path | str], out: Path | str, title: str = "MME-
     out.mkdir(parents=True, exist_ok=True)
     board = leaderboard(runs)
     dirs = directions(runs)
-    w = wide(board)
+    details = set_details(runs)
+    warnings = report_warnings(runs, details)
+    paired = paired_differences(runs)
+    w = wide(board, details)
     csv_path, md_path, json_path = out / "leaderboard.csv", out / "leaderboard.md", out / "leaderboard.json"
+    paired_path = out / "paired_differences.csv"
     atomic_write_text(csv_path, w.to_csv())
-    atomic_write_text(md_path, f"# {title}\n\n" + markdown(board, dirs))
+    atomic_write_text(paired_path, paired.to_csv(index=False))
+    atomic_write_text(md_path, f"# {title}\n\n" + markdown(board, dirs, details, paired, warnings))
+
+    def entry(run: str, key: str, g2: pd.DataFrame) -> dict:
+        d: dict = {c: (None if pd.isna(v) else float(v)) for c, v in zip(g2["column"], g2["value"])}
+        refs = details[(details["run"] == run) & (details["key"] == key)]
+        if len(refs):
+            d["reference"] = {r["group"]: {c: (None if pd.isna(r[c]) else r[c]) for c in ("reference", *SET_INFO_COLUMNS)}
+                              for r in refs.to_dict("records")}
+        return d
+
     atomic_write_text(json_path, json.dumps({
-        "failure_policy": FAILURE_POLICY, "directions": dirs,
-        "runs": {r.name: {"path": str(r.path), "run_info": r.info} for r in runs},
-        "leaderboard": {run: {k: {c: (None if pd.isna(v) else float(v)) for c, v in zip(g2["column"], g2["value"])}
-                              for k, g2 in g.groupby("key", sort=False)} for run, g in board.groupby("run", sort=False)},
-    }, indent=1))
+        "failure_policy": FAILURE_POLICY, "worst_values": dict(WORST_VALUES), "directions": dirs,
+        "warnings": warnings, "runs": {r.name: {"path": str(r.path), "run_info": r.info} for r in runs},
+        "leaderboard": {run: {k: entry(run, k, g2) for k, g2 in g.groupby("key", sort=False)}
+                        for run, g in board.groupby("run", sort=False)},
+        "paired_differences": paired.to_dict("records"),
+    }, indent=1, default=_json_default))
     figures: list[Path] = []
     if plots:
         (out / "plots").mkdir(exist_ok=True)
@@ -89,11 +115,17 @@ def build_report(run_dirs: list[Path | str], out: Path | str, title: str = "MME-
             if key != "success":
                 figures += P.distributions({r.name: r.values.loc[r.values["key"] == key, "value"] for r in runs},
                                            key, out / "plots")
-    details = {key: _detail_table(g, beside(board, key)) for key, g in board.groupby("key", sort=False)}
-    page = render_html(runs, w, details, figures, {r.name: _render_folder(r) for r in runs}, title)
+    tables = {key: _detail_table(g, details, beside(board, key)) for key, g in board.groupby("key", sort=False)}
+    page = render_html(runs, w, tables, figures, {r.name: _render_folder(r) for r in runs}, title, warnings, paired)
     html_path = out / "report.html"
     atomic_write_text(html_path, page)
-    return ReportFiles(out, csv_path, md_path, json_path, html_path, figures)
+    return ReportFiles(out, csv_path, md_path, json_path, html_path, paired_path, figures)
+
+
+def _json_default(v):
+    if isinstance(v, np.generic):
+        return v.item()
+    raise TypeError(f"not JSON serialisable: {type(v).__name__}")
 
 
 __all__ = ["FAILURE_POLICY", "ReportFiles", "build_report", "leaderboard", "load_run"]

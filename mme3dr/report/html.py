@@ -102,18 +102,27 @@ def _card(run: RunData, row: pd.Series, sheet: Path | None) -> str:
 
 
 def render_html(runs: list[RunData], wide: pd.DataFrame, detail_tables: dict[str, pd.DataFrame],
-                plots: list[Path], sheets: dict[str, Path | None], title: str = "MME-3DR report") -> str:
-    """The whole page. ``sheets`` maps a run name to its render folder (None: no gallery images)."""
+                plots: list[Path], sheets: dict[str, Path | None], title: str = "MME-3DR report",
+                warnings: list[str] | None = None, paired: pd.DataFrame | None = None) -> str:
+    """The whole page. ``sheets`` maps a run name to its render folder (None: no gallery images); ``warnings``
+    (comparability) and ``paired`` (paired differences between runs) come from :mod:`mme3dr.report.tables`."""
     head = pd.DataFrame([{"run": r.name, "prompts": len(r.prompts), "success": r.prompts["generated"].mean(),
                           "toolkit": r.info.get("toolkit_version", ""), "commit": (r.info.get("git_commit") or "")[:12],
                           "preset": (r.info.get("preset") or {}).get("tag", "")} for r in runs])
-    micro_cols = [c for c in wide.columns if c.endswith(":micro")]
-    board = wide[micro_cols].rename(columns=lambda c: c[: -len(":micro")]).reset_index()
+    micro_cols = [c for c in wide.columns if c.endswith((":micro", ":micro:reference_subset"))]
+    board = wide[micro_cols].rename(columns=lambda c: c.replace(":micro:reference_subset", " reference")
+                                    .removesuffix(":micro")).reset_index()
     body = [f"<h1>{html.escape(title)}</h1>", table(head, "runs"),
-            f"<p class='policy'>{html.escape(FAILURE_POLICY)}</p>",
-            "<h2>Leaderboard (overall micro means; click a header to sort)</h2>", table(board)]
+            f"<p class='policy'>{html.escape(FAILURE_POLICY)}</p>"]
+    if warnings:
+        body.append("<div class='policy'><b>Warnings</b><ul>"
+                    + "".join(f"<li>{html.escape(w)}</li>" for w in warnings) + "</ul></div>")
+    body += ["<h2>Leaderboard (overall micro means; click a header to sort)</h2>", table(board)]
     for key, df in detail_tables.items():
         body += [f"<h3>{html.escape(key)}</h3>", table(df)]
+    if paired is not None and not paired.empty:
+        body += ["<h2>Paired differences (a - b) on the prompts both runs attempted</h2>",
+                 table(paired, "95% interval (lo, hi): paired bootstrap over prompts")]
     if plots:
         body.append("<h2>Plots</h2><div class='plots'>")
         body += [f"<img alt='{html.escape(p.stem)}' src='{_img_data(p, fmt='PNG')}'>" for p in plots if p.suffix == ".png"]
