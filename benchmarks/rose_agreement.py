@@ -27,7 +27,8 @@ from mme3dr.render.cameras import read_transforms
 from mme3dr.render.presets import get_preset
 from mme3dr.render.renderer import get_renderer
 
-DEFAULT = Path(os.environ.get("MME3DR_SHARED", Path(__file__).resolve().parents[2] / "shared")) / "fixtures" / "toys4k_rose"
+SHARED = Path(os.environ.get("MME3DR_SHARED", Path(__file__).resolve().parents[2] / "shared"))
+DEFAULT = SHARED / "fixtures" / "toys4k_rose"
 
 
 def masked_luminance(rgba: np.ndarray) -> float:

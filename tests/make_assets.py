@@ -116,8 +116,9 @@ def one_colour_sphere(folder: Path, rgb) -> dict[str, Path]:
     m, rgb = sphere(), [int(c) for c in rgb]
     out = {}
     t = m.copy()
-    t.visual = trimesh.visual.TextureVisuals(uv=np.full((len(m.vertices), 2), 0.5), material=trimesh.visual.material.PBRMaterial(
-        baseColorTexture=solid_image(rgb), baseColorFactor=[255, 255, 255, 255], metallicFactor=0.0, roughnessFactor=1.0))
+    pbr = trimesh.visual.material.PBRMaterial(baseColorTexture=solid_image(rgb), baseColorFactor=[255, 255, 255, 255],
+                                              metallicFactor=0.0, roughnessFactor=1.0)
+    t.visual = trimesh.visual.TextureVisuals(uv=np.full((len(m.vertices), 2), 0.5), material=pbr)
     out["glb_texture"] = folder / "texture.glb"
     t.export(out["glb_texture"])
     v = m.copy()

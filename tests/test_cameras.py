@@ -101,6 +101,13 @@ def test_preset_hash_covers_every_parameter():
         base.with_overrides(light_rig="studio")
 
 
+def test_readme_preset_table_has_the_current_hashes():
+    """The README's Rendering table lists each built-in preset with its current hash (a renderer change updates it)."""
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    for name in ("canonical", "reward6", "ar3d-r1-compat", "orbit8"):
+        assert f"| `{name}` | `{get_preset(name).hash}` |" in readme, name
+
+
 def test_renderer_version_is_in_every_preset_hash(monkeypatch):
     """A renderer change (a new RENDERER_VERSION) gives every preset a new hash, so a new render folder."""
     from mme3dr.render import presets

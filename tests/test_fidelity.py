@@ -97,5 +97,6 @@ def test_kid_fid_on_real_renders_through_torch_fidelity(tmp_path):
         input1=str(flat["A"]), input2=str(flat["B"]), kid=True, fid=True, cuda=False, cache=False, verbose=False,
         feature_extractor="inception-v3-compat", feature_extractor_weights_path=str(weights),
         kid_subset_size=12, kid_subsets=50)
-    assert kid_ab == pytest.approx(ref["kernel_inception_distance_mean"], rel=1e-6, abs=1e-9)
+    # torch-fidelity computes KID on float32 features in float32 arithmetic: agreement to ~1e-6 relative, not better
+    assert kid_ab == pytest.approx(ref["kernel_inception_distance_mean"], rel=1e-5, abs=1e-9)
     assert fid_from_features(fa, fb) == pytest.approx(ref["frechet_inception_distance"], rel=1e-5)

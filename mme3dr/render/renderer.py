@@ -257,8 +257,8 @@ def _gltf_shader_dir(pyrender_shaders: Path) -> Path:
     frag = (pyrender_shaders / "mesh.frag").read_text()
     lit, before_brdf = "    color *= color_multiplier;\n", "    vec3 dialectric_spec"
     if frag.count(lit) != 1 or frag.count(before_brdf) != 1:
-        raise RuntimeError(f"{pyrender_shaders / 'mesh.frag'} is not the shader this renderer was written for: "
-                           "this renderer moves one line of pyrender-maintained 1.0's mesh.frag; adapt _gltf_shader_dir")
+        raise RuntimeError(f"{pyrender_shaders / 'mesh.frag'} is not the shader this renderer was written for "
+                           "(pyrender-maintained 1.0's); adapt mme3dr.render.renderer._gltf_shader_dir")
     frag = frag.replace(lit, "").replace(
         before_brdf, "#ifdef COLOR_0_LOC\n    base_color *= color_multiplier;\n#endif\n" + before_brdf)
     folder = Path(tempfile.mkdtemp(prefix="mme3dr-shaders-"))
