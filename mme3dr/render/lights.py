@@ -55,8 +55,7 @@ def _direction(elevation_deg: float, azimuth_deg: float) -> Vec3:
 
 #: Blender's default world colour (linear radiance), lighting the TRELLIS renders from every side.
 BLENDER_WORLD = 0.0509
-#: TRELLIS's overhead area light: power (W), side (m: 0.25 m default size x scale 100), height (m).
-TRELLIS_SKY = {"power": 10_000.0, "side": 25.0, "height": 10.0}
+#: The overhead area light as four directional lights (elevation, irradiance each) plus a uniform irradiance.
 SKY_ELEVATION_DEG, SKY_IRRADIANCE, SKY_UNIFORM = 55.0, 2.515, 0.111
 
 LIGHT_RIGS: dict[str, LightRig] = {
