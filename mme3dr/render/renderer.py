@@ -10,8 +10,8 @@ texture's), so the renderer compiles pyrender's shader with that one line moved 
 Materials (``shading="auto"``): metallic factors missing from the file count as 0 (dielectric) and missing
 roughness as 1. ``shading="clay"`` (and any mesh without colour) uses one matte grey (linear 0.8) dielectric;
 ``shading="pyrender-default"`` is pyrender's ``MetallicRoughnessMaterial(baseColorFactor=1)`` with its defaults
-(metallic 1, roughness 1), the material of the released AR3D-R1 eval.py. Double-sided presets disable back-face
-culling.
+(metallic 1, roughness 1), the material of the released AR3D-R1 eval.py. Back faces are always culled;
+double-sided presets give every triangle a back-facing twin instead (see :meth:`Renderer._primitive`).
 Output: RGBA uint8; for a transparent background the colour is un-premultiplied, for white/black the colour is
 composited on the background and alpha is 255. Depth is the camera-space distance along the view axis (0 where
 empty); normals are world-space unit normals (interpolated vertex normals) encoded as (n + 1) / 2 * 255.
