@@ -1,8 +1,21 @@
-"""Generated assets: load with trimesh, validate, convert to the canonical z-up frame, normalise.
+"""Generated assets: load with trimesh, validate, convert to the canonical z-up frame, normalise; read colours.
 
 Canonical frame (the TRELLIS/Toys4K render protocol): world z-up; the asset's axis-aligned bounding box is
 centred at the origin and its largest extent is 1, so it fits in [-0.5, 0.5]^3. Scenes are flattened with
 their node transforms baked in; each sub-mesh keeps its own visuals (texture + UVs, or vertex colours).
+
+Colour (:func:`base_colour`): one convention whatever the container, so the same painted colour renders the same
+from a GLB texture, GLB vertex colours, PLY vertex or face colours and OBJ + MTL:
+  - every stored colour is an sRGB-encoded display colour: texture pixels, vertex colours, face colours and OBJ
+    ``Kd``. They are decoded to linear light with the sRGB transfer function (IEC 61966-2-1) before shading.
+    This includes glTF ``COLOR_0``, which the glTF spec defines as linear: common writers (trimesh among them)
+    store display colours there, and reading it as sRGB keeps a GLB's vertex colours equal to its texture;
+  - glTF ``baseColorFactor`` is linear (the glTF spec) and multiplies the texture;
+  - an OBJ/PLY texture (``map_Kd``) is the base colour on its own: ``Kd`` does not multiply it (Blender's OBJ
+    importer does the same; Blender's exporter writes ``Kd 0.8`` beside every texture). ``Kd`` alone is a colour;
+  - a texture needs an image and a UV per vertex. UVs without an image (Toys4K's ``mesh.ply``) are no texture:
+    trimesh's grey 2x2 placeholder image is not the file's colour, and such a mesh has no colour ("none");
+  - alpha is linear everywhere.
 """
 
 from __future__ import annotations
@@ -13,6 +26,7 @@ from typing import Any
 
 import numpy as np
 import trimesh
+from PIL import Image
 
 from mme3dr.adapters.base import parse_up_axis
 from mme3dr.defaults import DEFAULTS
@@ -69,22 +83,94 @@ class Asset:
 
     @property
     def has_texture(self) -> bool:
-        return any(_texture_image(m) is not None for m in self.meshes)
+        """Some sub-mesh has a usable texture (an image and UVs; see :func:`base_colour`)."""
+        return any(base_colour(m).kind == "texture" for m in self.meshes)
 
     @property
     def has_vertex_colors(self) -> bool:
-        return any(m.visual.kind == "vertex" for m in self.meshes)
+        """Some sub-mesh has per-vertex or per-face colours."""
+        return any(base_colour(m).kind in ("vertex", "face") for m in self.meshes)
 
     def concatenated(self) -> trimesh.Trimesh:
         """All sub-meshes as one geometry-only mesh (for geometry checks; visuals are dropped)."""
         return trimesh.util.concatenate([trimesh.Trimesh(m.vertices, m.faces, process=False) for m in self.meshes])
 
 
-def _texture_image(mesh: trimesh.Trimesh) -> Any:
-    if not isinstance(mesh.visual, trimesh.visual.TextureVisuals):
-        return None
-    mat = mesh.visual.material
-    return getattr(mat, "baseColorTexture", None) or getattr(mat, "image", None)
+def srgb_to_linear(values: np.ndarray) -> np.ndarray:
+    """sRGB decoding (IEC 61966-2-1) of values in [0, 1]: c / 12.92 if c <= 0.04045, else ((c + 0.055) / 1.055)^2.4."""
+    c = np.asarray(values, dtype=np.float64)
+    return np.where(c <= 0.04045, c / 12.92, ((c + 0.055) / 1.055) ** 2.4)
+
+
+def _decode_rgba8(rgba: np.ndarray) -> np.ndarray:
+    """(n, 4) 8-bit sRGB colours with linear alpha -> (n, 4) linear float32."""
+    x = np.asarray(rgba, dtype=np.float64).reshape(-1, 4) / 255.0
+    return np.column_stack([srgb_to_linear(x[:, :3]), x[:, 3]]).astype(np.float32)
+
+
+@dataclass(frozen=True)
+class BaseColour:
+    """The base (albedo) colour of one sub-mesh, in the one convention of the module docstring.
+
+    ``kind``: ``"texture"`` (``image`` sampled at ``uv``, times ``factor``), ``"vertex"`` (``rgba`` per vertex),
+    ``"face"`` (``rgba`` per face), ``"uniform"`` (``factor``) or ``"none"`` (the file has no colour).
+    ``image`` keeps its sRGB-encoded pixels (decoded when sampled); ``rgba`` and ``factor`` are linear RGBA.
+    """
+
+    kind: str
+    factor: tuple[float, float, float, float] = (1.0, 1.0, 1.0, 1.0)
+    image: Image.Image | None = None
+    uv: np.ndarray | None = None
+    rgba: np.ndarray | None = None
+
+    @property
+    def translucent(self) -> bool:
+        """Some alpha below 1 (factor, per-vertex/face alpha or texture alpha)."""
+        if self.factor[3] < 1.0 or (self.rgba is not None and bool((self.rgba[:, 3] < 1.0).any())):
+            return True
+        return self.image is not None and self.image.mode == "RGBA" and np.asarray(self.image)[..., 3].min() < 255
+
+
+def _is_trimesh_placeholder(image: Image.Image | None) -> bool:
+    """trimesh gives texture visuals without an image a 2x2 grey image of its own (``color_image()``)."""
+    if image is None or image.size != (2, 2):
+        return False
+    return np.array_equal(np.asarray(image), np.asarray(trimesh.visual.material.color_image()))
+
+
+def _texture_mode(image: Image.Image) -> Image.Image:
+    has_alpha = "A" in image.getbands() or (image.mode == "P" and "transparency" in image.info)
+    return image.convert("RGBA" if has_alpha else "RGB")
+
+
+def base_colour(mesh: trimesh.Trimesh) -> BaseColour:
+    """The base colour of a loaded sub-mesh, whatever its container stored (rules in the module docstring)."""
+    visual = mesh.visual
+    if isinstance(visual, trimesh.visual.ColorVisuals):
+        if visual.kind == "vertex":
+            return BaseColour("vertex", rgba=_decode_rgba8(visual.vertex_colors))
+        if visual.kind == "face":
+            return BaseColour("face", rgba=_decode_rgba8(visual.face_colors))
+        return BaseColour("none")
+    if not isinstance(visual, trimesh.visual.TextureVisuals):
+        return BaseColour("none")
+    mat = visual.material
+    has_uv = visual.uv is not None and len(visual.uv) == len(mesh.vertices)
+    if isinstance(mat, trimesh.visual.material.PBRMaterial):  # glTF: factor linear, multiplies the texture
+        f = mat.baseColorFactor
+        factor = (1.0, 1.0, 1.0, 1.0) if f is None else tuple(float(v) / 255.0 for v in np.asarray(f, float))
+        image = mat.baseColorTexture
+        if image is not None and has_uv:
+            return BaseColour("texture", factor=factor, image=_texture_mode(image), uv=np.asarray(visual.uv))
+        return BaseColour("uniform", factor=factor)
+    if isinstance(mat, trimesh.visual.material.SimpleMaterial):  # OBJ / PLY: Kd (sRGB) or the texture alone
+        image = getattr(mat, "image", None)
+        if _is_trimesh_placeholder(image):
+            return BaseColour("none")
+        if image is not None and has_uv:
+            return BaseColour("texture", image=_texture_mode(image), uv=np.asarray(visual.uv))
+        return BaseColour("uniform", factor=tuple(float(v) for v in _decode_rgba8(mat.diffuse)[0]))
+    return BaseColour("none")
 
 
 def read_meshes(path: Path | str) -> list[trimesh.Trimesh]:

@@ -84,3 +84,67 @@ def y_up_cone(path: Path) -> Path:
     cone.apply_transform(trimesh.transformations.rotation_matrix(-np.pi / 2, [1, 0, 0]))  # +z -> +y
     cone.export(path)
     return path
+
+
+def sphere() -> trimesh.Trimesh:
+    return trimesh.creation.icosphere(subdivisions=2)
+
+
+def solid_image(rgb, size: int = 4) -> Image.Image:
+    return Image.new("RGB", (size, size), tuple(int(c) for c in rgb))
+
+
+def _obj_text(m: trimesh.Trimesh, mtl: str, with_uv: bool) -> str:
+    lines = [f"mtllib {mtl}"] + [f"v {float(x)!r} {float(y)!r} {float(z)!r}" for x, y, z in m.vertices]
+    if with_uv:
+        lines.append("vt 0.5 0.5")
+    lines.append("usemtl paint")
+    lines += [("f " + " ".join(f"{i + 1}/1" for i in f)) if with_uv else ("f " + " ".join(str(i + 1) for i in f))
+              for f in m.faces]
+    return "\n".join(lines) + "\n"
+
+
+def one_colour_sphere(folder: Path, rgb) -> dict[str, Path]:
+    """The same sphere painted one sRGB colour ``rgb`` (0-255), stored seven ways, written without mme3dr.
+
+    glb_texture: a glTF PBR material whose base-colour texture is the colour (factor 1); glb_vertex: glTF COLOR_0;
+    ply_vertex / ply_face: hand-written ASCII PLY with vertex / face colour properties; obj_kd: OBJ + MTL with
+    ``Kd`` = rgb / 255; obj_texture: OBJ + MTL with ``map_Kd`` the colour and ``Kd 0.8`` (what Blender writes).
+    ply_uv_no_image: a PLY with UVs but no texture image (no colour at all: it must render as untextured).
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    m, rgb = sphere(), [int(c) for c in rgb]
+    out = {}
+    t = m.copy()
+    pbr = trimesh.visual.material.PBRMaterial(baseColorTexture=solid_image(rgb), baseColorFactor=[255, 255, 255, 255],
+                                              metallicFactor=0.0, roughnessFactor=1.0)
+    t.visual = trimesh.visual.TextureVisuals(uv=np.full((len(m.vertices), 2), 0.5), material=pbr)
+    out["glb_texture"] = folder / "texture.glb"
+    t.export(out["glb_texture"])
+    v = m.copy()
+    v.visual = trimesh.visual.ColorVisuals(v, vertex_colors=np.tile(rgb + [255], (len(m.vertices), 1)))
+    out["glb_vertex"] = folder / "vertex.glb"
+    v.export(out["glb_vertex"])
+    out["ply_vertex"] = ascii_ply(folder / "vertex.ply", m.vertices, m.faces, colours=[rgb] * len(m.vertices))
+    head = ["ply", "format ascii 1.0", f"element vertex {len(m.vertices)}", "property float x", "property float y",
+            "property float z", f"element face {len(m.faces)}", "property list uchar int vertex_indices",
+            "property uchar red", "property uchar green", "property uchar blue", "end_header"]
+    body = [" ".join(repr(float(x)) for x in p) for p in m.vertices]
+    body += [f"3 {a} {b} {c} {rgb[0]} {rgb[1]} {rgb[2]}" for a, b, c in m.faces]
+    out["ply_face"] = folder / "face.ply"
+    out["ply_face"].write_text("\n".join(head + body) + "\n")
+    (folder / "kd.mtl").write_text("newmtl paint\nKd {:.6f} {:.6f} {:.6f}\n".format(*(c / 255 for c in rgb)))
+    out["obj_kd"] = folder / "kd.obj"
+    out["obj_kd"].write_text(_obj_text(m, "kd.mtl", with_uv=False))
+    solid_image(rgb).save(folder / "paint.png")
+    (folder / "tex.mtl").write_text("newmtl paint\nKd 0.8 0.8 0.8\nmap_Kd paint.png\n")
+    out["obj_texture"] = folder / "tex.obj"
+    out["obj_texture"].write_text(_obj_text(m, "tex.mtl", with_uv=True))
+    head = ["ply", "format ascii 1.0", f"element vertex {len(m.vertices)}", "property float x", "property float y",
+            "property float z", "property float s", "property float t", f"element face {len(m.faces)}",
+            "property list uchar int vertex_indices", "end_header"]
+    body = [" ".join(repr(float(x)) for x in p) + " 0.5 0.5" for p in m.vertices]
+    body += [f"3 {a} {b} {c}" for a, b, c in m.faces]
+    out["ply_uv_no_image"] = folder / "uv_no_image.ply"
+    out["ply_uv_no_image"].write_text("\n".join(head + body) + "\n")
+    return out

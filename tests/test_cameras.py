@@ -86,12 +86,34 @@ def test_preset_hash_covers_every_parameter():
     assert base.tag == f"canonical-{base.hash}" and len(base.hash) == 12
     variants = [base.with_overrides(resolution=256), base.with_overrides(background="white"),
                 base.with_overrides(offset=(0.1, 0.5)), base.with_overrides(double_sided=False),
-                base.with_overrides(shading="clay"), base.with_overrides(fov_deg=30.0), base.with_overrides(n_views=6)]
+                base.with_overrides(shading="clay"), base.with_overrides(fov_deg=30.0), base.with_overrides(n_views=6),
+                base.with_overrides(light_rig="ar3d-r1-eval")]
     hashes = {v.hash for v in variants} | {base.hash}
     assert len(hashes) == len(variants) + 1
     assert base.with_overrides(background=None).hash == base.hash
     assert set(PRESETS.names()) >= {"canonical", "reward6", "ar3d-r1-compat"}
     compat = get_preset("ar3d-r1-compat")
-    assert (compat.resolution, compat.background, compat.shading, compat.double_sided) == (299, "white", "clay", False)
+    assert (compat.resolution, compat.background, compat.shading, compat.double_sided, compat.light_rig) == (
+        299, "white", "pyrender-default", False, "ar3d-r1-eval")
     with pytest.raises(ValueError, match="--cameras"):
         compat.camera_set()
+    with pytest.raises(ValueError, match="light rig 'studio'"):
+        base.with_overrides(light_rig="studio")
+
+
+def test_readme_preset_table_has_the_current_hashes():
+    """The README's Rendering table lists each built-in preset with its current hash (a renderer change updates it)."""
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    for name in ("canonical", "reward6", "ar3d-r1-compat", "orbit8"):
+        assert f"| `{name}` | `{get_preset(name).hash}` |" in readme, name
+
+
+def test_renderer_version_is_in_every_preset_hash(monkeypatch):
+    """A renderer change (a new RENDERER_VERSION) gives every preset a new hash, so a new render folder."""
+    from mme3dr.render import presets
+
+    before = {name: PRESETS.get(name).tag for name in PRESETS.names()}
+    assert PRESETS.get("canonical").params()["renderer_version"] == presets.RENDERER_VERSION
+    monkeypatch.setattr(presets, "RENDERER_VERSION", presets.RENDERER_VERSION + 1)
+    after = {name: PRESETS.get(name).tag for name in PRESETS.names()}
+    assert all(before[n] != after[n] for n in before), (before, after)

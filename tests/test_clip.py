@@ -7,7 +7,7 @@ from PIL import Image
 import tiny_clip
 from mme3dr.metrics.base import ScoreItem
 from mme3dr.metrics.clip import ClipScore
-from mme3dr.metrics.compat import Ar3dCompatClip, first_sentence
+from mme3dr.metrics.compat import Ar3dCompatClip, released_prompt_text
 from mme3dr.metrics.weights import MissingWeightsError
 
 PROMPT = "Dark brown wooden rocking chair with curved armrests and spindle backrest."
@@ -79,11 +79,12 @@ def test_long_prompts_are_truncated_with_a_warning(ckpt, item):
     assert res.details["truncated"] and np.isfinite(res.values["clip"])
 
 
-def test_compat_clip_is_the_raw_cosine_of_the_first_sentence(ckpt, item):
-    assert first_sentence("A red rose. It has thorns.") == "A red rose."
-    assert first_sentence("No period at all") == "No period at all"
+def test_compat_clip_is_the_raw_cosine_of_the_text_before_the_first_period(ckpt, item):
+    assert released_prompt_text(PROMPT) == PROMPT[:-1]
     two = ScoreItem("x", "spatial", PROMPT + " Second sentence here.", render_dir=item.render_dir)
     score = ClipScore(tiny_clip.TINY_CLIP, str(ckpt), device="cpu")
     compat = Ar3dCompatClip(score.clip).score(two)
+    assert compat.details["text"] == PROMPT[:-1]
+    no_period = ScoreItem("x", "spatial", PROMPT[:-1], render_dir=item.render_dir)
     np.testing.assert_allclose(np.array(compat.per_view["ar3d_compat_clip"]) * 100,
-                               score.score(item).per_view["clip"], atol=1e-4)
+                               score.score(no_period).per_view["clip"], atol=1e-4)

@@ -9,8 +9,9 @@ from PIL import Image
 from scipy import ndimage
 
 import make_assets as M
-from mme3dr.assets import load_asset
+from mme3dr.assets import Asset, load_asset
 from mme3dr.render.cameras import read_transforms
+from mme3dr.render.lights import LIGHT_RIGS
 from mme3dr.render.presets import RenderPreset, get_preset
 from mme3dr.render.renderer import get_renderer
 from test_cameras import ROSE, needs_fixture
@@ -31,28 +32,93 @@ def red_box(tmp_path):
     return load_asset(m.export(tmp_path / "red.ply") and tmp_path / "red.ply")
 
 
-@needs_fixture
-def test_silhouettes_match_the_official_renders(renderer):
-    """Every official alpha silhouette is >= 98% covered by ours and ours >= 98% inside it, 2 px tolerance."""
-    asset = load_asset(ROSE / "mesh.ply")
+@pytest.fixture(scope="module")
+def rose(renderer):
+    """Our canonical 512x512 renders of the rose from its 24 official poses, and the 24 official RGBA renders."""
     cams = read_transforms(ROSE / "transforms.json")
-    preset = get_preset("canonical")  # 512x512, double-sided
-    out = renderer.render(asset, preset, cameras=cams)
+    ours = renderer.render(load_asset(ROSE / "mesh.ply"), get_preset("canonical"), cameras=cams).rgba
+    official = np.stack([np.asarray(Image.open(ROSE / f"{i:03d}.png").convert("RGBA")) for i in range(24)])
+    return ours, official
+
+
+@needs_fixture
+def test_silhouettes_match_the_official_renders(renderer, rose):
+    """Every official alpha silhouette is >= 98% covered by ours and ours >= 98% inside it, 2 px tolerance."""
+    ours_all, official = rose
     tol = np.ones((5, 5), bool)  # 2 pixels each way
-    worst = []
     for i in range(24):
-        ours = out.rgba[i, ..., 3] > 127
-        theirs = np.asarray(Image.open(ROSE / f"{i:03d}.png"))[..., 3] > 127
+        ours = ours_all[i, ..., 3] > 127
+        theirs = official[i, ..., 3] > 127
         covered = (theirs & ndimage.binary_dilation(ours, tol)).sum() / theirs.sum()
         inside = (ours & ndimage.binary_dilation(theirs, tol)).sum() / ours.sum()
-        worst.append(min(covered, inside))
         assert covered >= 0.98 and inside >= 0.98, (i, covered, inside)
     # the check has teeth: with back-face culling the single-sided petals vanish from some views
-    culled = renderer.render(asset, preset.with_overrides(double_sided=False), cameras=cams)
-    cover_culled = [((np.asarray(Image.open(ROSE / f"{i:03d}.png"))[..., 3] > 127)
-                     & ndimage.binary_dilation(culled.rgba[i, ..., 3] > 127, tol)).sum()
-                    / (np.asarray(Image.open(ROSE / f"{i:03d}.png"))[..., 3] > 127).sum() for i in range(24)]
+    cams = read_transforms(ROSE / "transforms.json")
+    culled = renderer.render(load_asset(ROSE / "mesh.ply"), get_preset("canonical").with_overrides(double_sided=False),
+                             cameras=cams)
+    cover_culled = [((official[i, ..., 3] > 127) & ndimage.binary_dilation(culled.rgba[i, ..., 3] > 127, tol)).sum()
+                    / (official[i, ..., 3] > 127).sum() for i in range(24)]
     assert min(cover_culled) < 0.9
+
+
+def interior_luminance(rgba: np.ndarray) -> float:
+    """Mean luminance (PIL "L": 0.299 R + 0.587 G + 0.114 B) of the fully covered pixels (alpha = 255)."""
+    luma = np.asarray(Image.fromarray(np.ascontiguousarray(rgba[..., :3])).convert("L"), dtype=float)
+    return float(luma[rgba[..., 3] == 255].mean())
+
+
+@needs_fixture
+def test_lighting_follows_the_official_renders_from_view_to_view(rose):
+    """Per-view mean luminance, ours vs official, correlates across the 24 views with r > 0.92.
+
+    The mesh has no colour, so this compares lighting only as far as the official albedo (a red flower, a green
+    stem) allows. Measured on llvmpipe: r = 0.947 with the TRELLIS rig. The threshold 0.92 rejects a rig with a
+    camera headlight: the previous rig (headlight 2.0, key and top lights 2.0 and 1.0, ambient 0.25) gives 0.89
+    even with this renderer's colour and two-sided fixes (0.15 as it shipped), a lone headlight -0.13. Renderer
+    noise moves per-view means by well under one grey level, r by less than 0.01.
+    """
+    ours, official = rose
+    r = np.corrcoef([interior_luminance(v) for v in ours], [interior_luminance(v) for v in official])[0, 1]
+    assert r > 0.92, r
+
+
+def test_views_from_above_are_brighter_than_views_from_below(renderer):
+    """The TRELLIS rig lights from above (no headlight): a grey sphere seen from 60 deg above is over twice as
+    bright as from 60 deg below (measured 2.8x; the old headlight rig gave 1.24x)."""
+    ball = Asset(path=None, meshes=[trimesh.creation.icosphere(subdivisions=3, radius=0.5)], up_axis="+z")
+    views = RenderPreset("t", resolution=64, cameras="yaw-elevation",
+                         views_deg=((30.0, 60.0), (30.0, -60.0), (210.0, 60.0), (210.0, -60.0)))
+    lum = [interior_luminance(v) for v in renderer.render(ball, views).rgba]
+    assert lum[0] > 2 * lum[1] and lum[2] > 2 * lum[3], lum
+
+
+def test_trellis_rig_is_the_blender_rig_in_pyrender_units():
+    """The rig's numbers, rederived here from the Blender script and Cycles' light conventions.
+
+    Key: point light 1000 W at (4, 1, 6) -> intensity P / (4 pi). Sky: a one-sided 25 m square area light of
+    10,000 W at height 10 (radiance 0.25 P / A), integrated numerically over the square for random surface
+    normals; the rig's directional lights plus the uniform part of its ambient must give that irradiance to 6% rms.
+    """
+    rig = LIGHT_RIGS["trellis"]
+    assert rig.headlight == 0.0
+    (intensity, position), = rig.point
+    assert position == (4.0, 1.0, 6.0) and intensity == pytest.approx(1000.0 / (4.0 * np.pi))
+    side, height, power = 0.25 * 100.0, 10.0, 10_000.0
+    radiance = 0.25 * power / side ** 2
+    g = (np.arange(200) + 0.5) / 200 * side - side / 2
+    x, y = np.meshgrid(g, g)
+    pts = np.stack([x.ravel(), y.ravel(), np.full(x.size, height)], axis=1)
+    dist = np.linalg.norm(pts, axis=1)
+    towards = pts / dist[:, None]
+    solid_angle = (side / 200) ** 2 * (height / dist) / dist ** 2  # dA cos(theta_emitter) / d^2
+    normals = np.vstack([[0.0, 0.0, 1.0], np.random.default_rng(0).normal(size=(300, 3))])
+    normals /= np.linalg.norm(normals, axis=1, keepdims=True)
+    truth = radiance * np.maximum(normals @ towards.T, 0.0) @ solid_angle
+    assert truth[0] == pytest.approx(8.29, abs=0.05)  # facing straight up
+    uniform = (rig.ambient - 0.0509) * np.pi  # ambient = Blender's world radiance + the sky's uniform part / pi
+    dirs = np.array([d for _, d in rig.directional])
+    ours = np.maximum(normals @ dirs.T, 0.0) @ np.array([w for w, _ in rig.directional]) + uniform
+    assert np.sqrt(np.mean((ours - truth) ** 2)) / truth.mean() < 0.06
 
 
 def test_render_twice_gives_identical_pixels(renderer, tmp_path):
@@ -83,8 +149,6 @@ def test_clay_removes_colour_and_textures_are_sampled(renderer, tmp_path):
 def test_double_sided_shows_the_back_of_a_single_sided_sheet(renderer):
     # a square in the z=0 plane facing +z, seen from below
     sheet = trimesh.Trimesh([[-1, -1, 0], [1, -1, 0], [1, 1, 0], [-1, 1, 0]], [[0, 1, 2], [0, 2, 3]], process=False)
-    from mme3dr.assets import Asset
-
     asset = Asset(path=None, meshes=[sheet], up_axis="+z")
     below = RenderPreset("t", resolution=64, cameras="yaw-elevation", views_deg=((0.0, -60.0),))
     seen = renderer.render(asset, below).rgba[0, ..., 3]

@@ -4,8 +4,12 @@
   features; images resized to 299 inside the extractor. Weights: ``weights=PATH``, else
   ``$MME3DR_WEIGHTS/weights-inception-2015-12-05-6726825d.pth``, else torch-fidelity's download.
 - ``dinov2``: DINOv2 CLS-token features from transformers' ``Dinov2Model`` (default ``facebook/dinov2-base``,
-  768-d); images resized to 224x224 (bicubic) and normalised with the ImageNet mean/std. (torch-fidelity's own
-  DINOv2 extractor needs torch.hub at run time and cannot load local weights, so it is not used.)
+  768-d). Preprocessing ``resize224`` (default): images resized to 224x224 (bicubic) and normalised with the
+  ImageNet mean/std, the whole view kept. ``ar3d-r1-eval``: what the released AR3D-R1 eval.py does: PIL
+  ``resize((224, 224))`` (bicubic), then the DINOv2 image processor (transformers' PIL ``BitImageProcessor``
+  with dinov2-base's settings: shortest edge to 256 bicubic, centre crop 224, ImageNet mean/std), which drops
+  a border of 16/256 of the view on every side. (torch-fidelity's own DINOv2 extractor needs torch.hub at run
+  time and cannot load local weights, so it is not used.)
 Images are RGB, renders composited on white. Features are cached in ``<render folder>/features/`` by extractor
 and weights, so a render preset (its folder carries the hash) never reuses another preset's features.
 """
@@ -28,6 +32,7 @@ from mme3dr.metrics.weights import MissingWeightsError, missing_message, resolve
 #: ``$MME3DR_WEIGHTS/`` or pass ``--inception-weights PATH``.
 INCEPTION_FILE = "weights-inception-2015-12-05-6726825d.pth"
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+DINOV2_PREPROCESSING = ("resize224", "ar3d-r1-eval")
 
 
 class FeatureExtractor(ABC):
@@ -91,9 +96,14 @@ class DinoV2Features(FeatureExtractor):
     name = "dinov2"
 
     def __init__(self, model: str = DEFAULTS.dinov2_model, device: str | None = None,
-                 batch_size: int = DEFAULTS.batch_size) -> None:
+                 batch_size: int = DEFAULTS.batch_size, preprocessing: str = "resize224") -> None:
         super().__init__(device, batch_size)
         from transformers import Dinov2Model
+
+        if preprocessing not in DINOV2_PREPROCESSING:
+            raise ValueError(f"DINOv2 preprocessing {preprocessing!r} not in {DINOV2_PREPROCESSING}")
+        self.preprocessing = preprocessing
+        self._processor = _eval_py_processor() if preprocessing == "ar3d-r1-eval" else None
 
         local = resolve_local(model) if not Path(model).exists() else Path(model)
         self.source = str(local) if local is not None else model
@@ -106,15 +116,31 @@ class DinoV2Features(FeatureExtractor):
 
     @property
     def weights_id(self) -> str:
-        return f"dinov2:{self.model_id}"
+        """``dinov2:<model>``, with ``+<preprocessing>`` unless it is the default."""
+        suffix = "" if self.preprocessing == "resize224" else f"+{self.preprocessing}"
+        return f"dinov2:{self.model_id}{suffix}"
 
     def _forward(self, images: Sequence[Image.Image]) -> torch.Tensor:
-        mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
-        std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
-        x = torch.stack([torch.from_numpy(np.array(im.convert("RGB").resize((224, 224), Image.BICUBIC)))
-                         .permute(2, 0, 1) for im in images]).float() / 255.0
-        x = ((x - mean) / std).to(self.device)
-        return self.model(pixel_values=x).last_hidden_state[:, 0]
+        small = [im.convert("RGB").resize((224, 224), Image.BICUBIC) for im in images]
+        if self._processor is not None:
+            x = self._processor(images=small, return_tensors="pt")["pixel_values"]
+        else:
+            mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
+            std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+            x = torch.stack([torch.from_numpy(np.array(im)).permute(2, 0, 1) for im in small]).float() / 255.0
+            x = (x - mean) / std
+        return self.model(pixel_values=x.to(self.device)).last_hidden_state[:, 0]
+
+
+def _eval_py_processor():
+    """transformers' PIL DINOv2 processor with facebook/dinov2-base's settings (what eval.py's AutoImageProcessor
+    loads, transformers 4.49): resize the shortest edge to 256 (bicubic), centre crop 224, /255, ImageNet mean/std."""
+    import transformers
+
+    cls = getattr(transformers, "BitImageProcessorPil", None) or transformers.BitImageProcessor  # 5.x / 4.x name
+    return cls(do_resize=True, size={"shortest_edge": 256}, resample=Image.BICUBIC, do_center_crop=True,
+               crop_size={"height": 224, "width": 224}, do_rescale=True, rescale_factor=1 / 255, do_normalize=True,
+               image_mean=list(IMAGENET_MEAN), image_std=list(IMAGENET_STD), do_convert_rgb=True)
 
 
 class FeatureCache:

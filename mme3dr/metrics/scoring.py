@@ -95,12 +95,12 @@ def _compat_clip(o: ScoreOptions, ref: Path | None) -> PromptMetric:
 
 
 def _compat_kd(o: ScoreOptions, ref: Path | None) -> PromptMetric:
-    from mme3dr.metrics.compat import Ar3dCompatKD
+    from mme3dr.metrics.compat import PREPROCESSING, Ar3dCompatKD
     from mme3dr.metrics.features import DinoV2Features
 
     if ref is None:
         raise ValueError("ar3d_compat_kd needs --reference REF with renders of each prompt's ground-truth object")
-    return Ar3dCompatKD(ref, DinoV2Features(o.dinov2_model, o.device, o.batch_size))
+    return Ar3dCompatKD(ref, DinoV2Features(o.dinov2_model, o.device, o.batch_size, preprocessing=PREPROCESSING))
 
 
 FACTORIES: dict[str, Callable[[ScoreOptions, Path | None], PromptMetric]] = {

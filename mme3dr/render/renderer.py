@@ -1,35 +1,42 @@
 """Offscreen rendering of an :class:`~mme3dr.assets.Asset` with pyrender.
 
-Light rig ``studio-v1`` (world z-up, fixed for every preset that names it):
-  - ambient light 0.25 (RGB),
-  - a headlight: directional, intensity 2.0, shining along the camera's view direction (moves with the camera),
-  - a key light: directional, intensity 2.0, from direction (4, 1, 6) (the TRELLIS key light's position),
-  - a top light: directional, intensity 1.0, straight down.
-Materials: textures and vertex colours are kept (``shading="auto"``); metallic factors missing from the file
-count as 0 (dielectric) and missing roughness as 1. ``shading="clay"`` (and any mesh with neither texture nor
-colours) uses one matte white-grey (0.8) dielectric. Double-sided presets disable back-face culling.
+Lights: the preset's light rig (:mod:`mme3dr.render.lights`): ``trellis`` for the main presets, the TRELLIS Blender
+rig (key point light at (4, 1, 6), an overhead sky, Blender's grey world; no headlight).
+Colour: one pipeline (:func:`mme3dr.assets.base_colour`): textures, vertex colours, face colours and OBJ ``Kd``
+are sRGB-encoded and decoded to linear before shading, so one colour renders the same from any container.
+Every colour multiplies the base colour before lighting, as glTF 2.0 defines ``COLOR_0``; pyrender's own shader
+multiplies vertex colours into the *lit* colour (so the specular highlight takes the vertex colour but not a
+texture's), so the renderer compiles pyrender's shader with that one line moved (:func:`_gltf_shader_dir`).
+Materials (``shading="auto"``): metallic factors missing from the file count as 0 (dielectric) and missing
+roughness as 1. ``shading="clay"`` (and any mesh without colour) uses one matte grey (linear 0.8) dielectric;
+``shading="pyrender-default"`` is pyrender's ``MetallicRoughnessMaterial(baseColorFactor=1)`` with its defaults
+(metallic 1, roughness 1), the material of the released AR3D-R1 eval.py. Back faces are always culled;
+double-sided presets give every triangle a back-facing twin instead (see :meth:`Renderer._primitive`).
 Output: RGBA uint8; for a transparent background the colour is un-premultiplied, for white/black the colour is
 composited on the background and alpha is 255. Depth is the camera-space distance along the view axis (0 where
 empty); normals are world-space unit normals (interpolated vertex normals) encoded as (n + 1) / 2 * 255.
+Any change here that changes pixels must bump :data:`mme3dr.render.presets.RENDERER_VERSION`.
 """
 
 from __future__ import annotations
 
 import atexit
+import shutil
+import tempfile
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import trimesh
 
-from mme3dr.assets import Asset
+from mme3dr.assets import Asset, BaseColour, base_colour
 from mme3dr.render.backend import select_backend
 from mme3dr.render.cameras import CameraSet, look_at
+from mme3dr.render.lights import LIGHT_RIGS
 from mme3dr.render.presets import BACKGROUNDS, RenderPreset
 
-LIGHT_RIGS = {
-    "studio-v1": {"ambient": 0.25, "headlight": 2.0, "key": (2.0, (4.0, 1.0, 6.0)), "top": (1.0, (0.0, 0.0, 1.0))},
-}
-CLAY_COLOUR = (0.8, 0.8, 0.8, 1.0)
+CLAY_COLOUR = (0.8, 0.8, 0.8, 1.0)  # linear, as Blender's default surface
+PBR_MAPS = ("metallicRoughnessTexture", "normalTexture", "occlusionTexture", "emissiveTexture", "emissiveFactor")
 
 
 @dataclass
@@ -93,6 +100,11 @@ class Renderer:
         self._renderer = pyrender.OffscreenRenderer(self.resolution, self.resolution)
         self._want_depth = True
         self._hook_colour_only_readback()
+        self._shader_dir = _gltf_shader_dir(Path(pyrender.__file__).parent / "shaders")
+        atexit.register(shutil.rmtree, self._shader_dir, True)
+        from pyrender.shader_program import ShaderProgramCache
+
+        self._renderer._renderer._program_cache = ShaderProgramCache(shader_dir=str(self._shader_dir))
 
     def _hook_colour_only_readback(self) -> None:
         """Skip pyrender's depth read-back and linearisation when no depth is asked for.
@@ -134,20 +146,50 @@ class Renderer:
                 tm.visual.vertex_colors = np.round((tm.vertex_normals + 1.0) * 127.5).astype(np.uint8)
                 out.append(pr.Mesh.from_trimesh(tm, smooth=True))
                 continue
-            if preset.shading == "clay" or not m.visual.defined:  # untextured meshes are shaded as clay
-                mat = pr.MetallicRoughnessMaterial(baseColorFactor=CLAY_COLOUR, metallicFactor=0.0,
-                                                   roughnessFactor=1.0, alphaMode="OPAQUE")
-                out.append(pr.Mesh.from_trimesh(trimesh.Trimesh(m.vertices, m.faces, process=False), material=mat))
-                continue
-            mesh = pr.Mesh.from_trimesh(m, smooth=True)
-            src = getattr(m.visual, "material", None)
-            for prim in mesh.primitives:
-                mat = prim.material
-                mat.metallicFactor = _or(getattr(src, "metallicFactor", None), 0.0)
-                mat.roughnessFactor = _or(getattr(src, "roughnessFactor", None), 1.0)
-                mat.alphaMode = "BLEND" if _translucent(src) else "OPAQUE"
-            out.append(mesh)
+            out.append(pr.Mesh(primitives=[self._primitive(m, preset.shading, preset.double_sided)]))
         return out
+
+    def _primitive(self, m: trimesh.Trimesh, shading: str, double_sided: bool):
+        """One pyrender primitive: smooth vertex normals, and the colour of :func:`base_colour` (or the shading's).
+
+        Double-sided: every triangle gets a back-facing twin (reversed winding, negated normals) and back faces are
+        culled, so the back of a single-sided sheet is lit as a surface facing the viewer, as Blender shades it
+        (drawing one face from both sides would light the back with the front's normal).
+        """
+        pr = self._pyrender
+        positions, normals, faces = m.vertices, m.vertex_normals, m.faces
+        colour = base_colour(m) if shading == "auto" else BaseColour("none")
+        extra: dict = {}
+        if shading == "pyrender-default":
+            material = pr.MetallicRoughnessMaterial(baseColorFactor=[1.0, 1.0, 1.0, 1.0])
+        elif colour.kind == "none":
+            material = pr.MetallicRoughnessMaterial(baseColorFactor=CLAY_COLOUR, metallicFactor=0.0,
+                                                   roughnessFactor=1.0, alphaMode="OPAQUE")
+        else:
+            src = getattr(m.visual, "material", None)
+            params = {"baseColorFactor": colour.factor, "alphaMode": "BLEND" if colour.translucent else "OPAQUE",
+                      "metallicFactor": _or(getattr(src, "metallicFactor", None), 0.0),
+                      "roughnessFactor": _or(getattr(src, "roughnessFactor", None), 1.0)}
+            if colour.kind == "texture":
+                extra["texcoord_0"] = colour.uv
+                params["baseColorTexture"] = colour.image
+                for name in PBR_MAPS:  # glTF maps that share the UVs
+                    if getattr(src, name, None) is not None:
+                        params[name] = getattr(src, name)
+            elif colour.kind == "vertex":
+                extra["color_0"] = colour.rgba
+            elif colour.kind == "face":  # one colour per face: give each face its own three vertices
+                positions, normals = m.vertices[faces].reshape(-1, 3), m.vertex_normals[faces].reshape(-1, 3)
+                faces = np.arange(3 * len(faces)).reshape(-1, 3)
+                extra["color_0"] = np.repeat(colour.rgba, 3, axis=0)
+            material = pr.MetallicRoughnessMaterial(**params)
+        if double_sided:
+            n = len(positions)
+            positions, normals = np.vstack([positions, positions]), np.vstack([normals, -normals])
+            faces = np.vstack([faces, faces[:, ::-1] + n])
+            extra = {k: np.concatenate([v, v]) for k, v in extra.items()}
+        return pr.Primitive(positions=positions, normals=normals, indices=faces, material=material,
+                            mode=pr.GLTF.TRIANGLES, **extra)
 
     def render(self, asset: Asset, preset: RenderPreset, cameras: CameraSet | None = None,
                depth: bool = False, normals: bool = False) -> RenderOutput:
@@ -158,24 +200,27 @@ class Renderer:
         rig = LIGHT_RIGS[preset.light_rig]
         bg = BACKGROUNDS[preset.background]
         transparent = bg[3] == 0.0
-        scene = pr.Scene(bg_color=(bg[0], bg[1], bg[2], 0.0), ambient_light=(rig["ambient"],) * 3)
+        scene = pr.Scene(bg_color=(bg[0], bg[1], bg[2], 0.0), ambient_light=(rig.ambient,) * 3)
         for mesh in self._meshes(asset, preset):
             scene.add(mesh)
         camera = pr.PerspectiveCamera(yfov=cams.fov_x, znear=0.01, zfar=100.0, aspectRatio=1.0)
         cam_node = scene.add(camera, pose=np.eye(4))
-        head = scene.add(pr.DirectionalLight(intensity=rig["headlight"]), pose=np.eye(4))
-        for intensity, direction in (rig["key"], rig["top"]):
-            scene.add(pr.DirectionalLight(intensity=intensity), pose=look_at(direction))
-        flags = pr.RenderFlags.RGBA
-        if preset.double_sided:
-            flags |= pr.RenderFlags.SKIP_CULL_FACES
+        for irradiance, direction in rig.directional:
+            scene.add(pr.DirectionalLight(intensity=irradiance), pose=look_at(direction))
+        for intensity, position in rig.point:
+            pose = np.eye(4)
+            pose[:3, 3] = position
+            scene.add(pr.PointLight(intensity=intensity), pose=pose)
+        head = scene.add(pr.DirectionalLight(intensity=rig.headlight), pose=np.eye(4)) if rig.headlight else None
+        flags = pr.RenderFlags.RGBA  # back faces culled; double-sided meshes carry back-facing twins
         n, res = len(cams), preset.resolution
         rgba = np.empty((n, res, res, 4), np.uint8)
         depths = np.empty((n, res, res), np.float32) if depth else None
         self._want_depth = depth
         for i, pose in enumerate(cams.poses):
             scene.set_pose(cam_node, pose)
-            scene.set_pose(head, pose)
+            if head is not None:
+                scene.set_pose(head, pose)
             color, z = self._renderer.render(scene, flags=flags)
             _finish(color, transparent, rgba[i])
             if depths is not None:
@@ -202,14 +247,26 @@ def _or(value, default: float) -> float:
     return float(default if value is None else value)
 
 
-def _translucent(material) -> bool:
-    if material is None:
-        return False
-    factor = getattr(material, "baseColorFactor", None)
-    if factor is not None and len(factor) == 4 and float(factor[3]) < (1.0 if max(factor) <= 1.0 else 255.0):
-        return True
-    img = getattr(material, "baseColorTexture", None)
-    return img is not None and img.mode in ("RGBA", "LA") and np.asarray(img)[..., -1].min() < 255
+def _gltf_shader_dir(pyrender_shaders: Path) -> Path:
+    """A copy of pyrender's shaders in which ``COLOR_0`` multiplies the base colour, as glTF 2.0 defines it.
+
+    pyrender's ``mesh.frag`` ends with ``color *= color_multiplier`` (the lit colour, specular included); here the
+    vertex colour multiplies ``base_color`` before the BRDF instead, exactly where a texture does. Nothing else
+    changes. Raises ``RuntimeError`` when the installed pyrender's shader no longer has the expected lines.
+    """
+    frag = (pyrender_shaders / "mesh.frag").read_text()
+    lit, before_brdf = "    color *= color_multiplier;\n", "    vec3 dialectric_spec"
+    if frag.count(lit) != 1 or frag.count(before_brdf) != 1:
+        raise RuntimeError(f"{pyrender_shaders / 'mesh.frag'} is not the shader this renderer was written for "
+                           "(pyrender-maintained 1.0's); adapt mme3dr.render.renderer._gltf_shader_dir")
+    frag = frag.replace(lit, "").replace(
+        before_brdf, "#ifdef COLOR_0_LOC\n    base_color *= color_multiplier;\n#endif\n" + before_brdf)
+    folder = Path(tempfile.mkdtemp(prefix="mme3dr-shaders-"))
+    for f in pyrender_shaders.iterdir():
+        if f.is_file():
+            shutil.copy(f, folder / f.name)
+    (folder / "mesh.frag").write_text(frag)
+    return folder
 
 
 def _finish(color: np.ndarray, transparent: bool, out: np.ndarray) -> None:
