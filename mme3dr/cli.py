@@ -182,12 +182,14 @@ def presets() -> None:
     from mme3dr.render.presets import PRESETS
 
     t = Table(title="render presets (folder name = <name>-<hash>)")
-    for col in ("name", "hash", "views", "res", "fov", "background", "shading", "double-sided"):
+    for col in ("name", "hash", "views", "res", "fov", "background", "shading", "lights", "double-sided"):
         t.add_column(col)
     for name in PRESETS.names():
         p = PRESETS.get(name)
-        views = "from --cameras" if p.cameras == "file" else f"{p.n_views if p.cameras != 'yaw-elevation' else len(p.views_deg)} {p.cameras}"
-        t.add_row(name, p.hash, views, str(p.resolution), f"{p.fov_deg:g}", p.background, p.shading, str(p.double_sided))
+        n = p.n_views if p.cameras != "yaw-elevation" else len(p.views_deg)
+        views = "from --cameras" if p.cameras == "file" else f"{n} {p.cameras}"
+        t.add_row(name, p.hash, views, str(p.resolution), f"{p.fov_deg:g}", p.background, p.shading, p.light_rig,
+                  str(p.double_sided))
     out.print(t)
 
 
