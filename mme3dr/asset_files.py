@@ -34,6 +34,7 @@ import os
 import re
 import stat
 import struct
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -177,13 +178,28 @@ def check_declared_sizes(path: Path, resolver: GuardedResolver, max_faces: int =
 # ------------------------------------------------------------------------------------------------------------ glTF
 
 
+@dataclass(frozen=True)
+class _BinChunk:
+    """Where a GLB's binary chunk lies in the file (read in slices: the chunk may be a gigabyte)."""
+
+    path: Path
+    offset: int
+    length: int
+
+    def read(self, start: int, size: int) -> bytes:
+        with open(self.path, "rb") as f:
+            f.seek(self.offset + start)
+            return f.read(max(0, min(size, self.length - start)))
+
+
 def _check_gltf(path: Path, resolver: GuardedResolver, max_faces: int, memory_mb: int) -> None:
-    data = path.read_bytes()
-    binary: bytes | None = None
-    if path.suffix.lower() == ".glb" or data[:4] == b"glTF":
-        doc_bytes, binary = _glb_chunks(data, path)
+    with open(path, "rb") as f:
+        magic = f.read(4)
+    binary: _BinChunk | None = None
+    if path.suffix.lower() == ".glb" or magic == b"glTF":
+        doc_bytes, binary = _glb_chunks(path)
     else:
-        doc_bytes = data
+        doc_bytes = path.read_bytes()
     try:
         doc = json.loads(doc_bytes)
     except (ValueError, RecursionError) as exc:
@@ -194,27 +210,34 @@ def _check_gltf(path: Path, resolver: GuardedResolver, max_faces: int, memory_mb
     _check_gltf_sizes(doc, binary, path, resolver, max_faces, memory_mb)
 
 
-def _glb_chunks(data: bytes, path: Path) -> tuple[bytes, bytes | None]:
+def _glb_chunks(path: Path) -> tuple[bytes, _BinChunk | None]:
     """(JSON chunk, BIN chunk or None) of a GLB, after checking its header against the file's length."""
-    if len(data) < 20:
-        raise _error("unreadable", f"{len(data)} bytes: too short for a GLB header", path)
-    magic, version, length = struct.unpack_from("<III", data, 0)
-    if magic != _GLB_MAGIC or version != 2:
-        raise _error("unreadable", f"not a glTF 2.0 binary (magic {data[:4]!r}, version {version})", path)
-    if length != len(data):
-        raise _error("unreadable", f"the GLB header declares {length:,} bytes but the file holds {len(data):,}",
-                     path)
-    chunks: dict[int, bytes] = {}
-    offset = 12
-    while offset + 8 <= len(data):
-        size, kind = struct.unpack_from("<II", data, offset)
-        if offset + 8 + size > len(data):
-            raise _error("unreadable", f"a GLB chunk declares {size:,} bytes past the end of the file", path)
-        chunks.setdefault(kind, data[offset + 8:offset + 8 + size])
-        offset += 8 + size
-    if _JSON_CHUNK not in chunks:
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        head = f.read(12)
+        if size < 20:
+            raise _error("unreadable", f"{size} bytes: too short for a GLB header", path)
+        magic, version, length = struct.unpack("<III", head)
+        if magic != _GLB_MAGIC or version != 2:
+            raise _error("unreadable", f"not a glTF 2.0 binary (magic {head[:4]!r}, version {version})", path)
+        if length != size:
+            raise _error("unreadable", f"the GLB header declares {length:,} bytes but the file holds {size:,}", path)
+        doc: bytes | None = None
+        binary = None
+        offset = 12
+        while offset + 8 <= size:
+            f.seek(offset)
+            chunk_len, kind = struct.unpack("<II", f.read(8))
+            if offset + 8 + chunk_len > size:
+                raise _error("unreadable", f"a GLB chunk declares {chunk_len:,} bytes past the end of the file", path)
+            if kind == _JSON_CHUNK and doc is None:
+                doc = f.read(chunk_len)
+            elif kind == _BIN_CHUNK and binary is None:
+                binary = _BinChunk(path, offset + 8, chunk_len)
+            offset += 8 + chunk_len
+    if doc is None:
         raise _error("unreadable", "the GLB has no JSON chunk", path)
-    return chunks[_JSON_CHUNK], chunks.get(_BIN_CHUNK)
+    return doc, binary
 
 
 def _check_compression(doc: dict, path: Path) -> None:
@@ -253,13 +276,13 @@ def _data_uri(uri: str) -> bytes | None:
         return b"\x00invalid"  # not base64: its length is checked like any other
 
 
-def _buffer_bytes(i: int, buf: dict, binary: bytes | None, path: Path, resolver: GuardedResolver) -> int:
+def _buffer_bytes(i: int, buf: dict, binary: _BinChunk | None, path: Path, resolver: GuardedResolver) -> int:
     """How many bytes buffer ``i`` really holds."""
     uri = buf.get("uri")
     if uri is None:
         if i != 0 or binary is None:
             raise _error("unreadable", f"buffer {i} has no uri and there is no GLB binary chunk for it", path)
-        return len(binary)
+        return binary.length
     if not isinstance(uri, str):
         raise _error("unreadable", f"buffer {i} uri is {uri!r}", path)
     raw = _data_uri(uri)
@@ -275,7 +298,7 @@ def _buffer_bytes(i: int, buf: dict, binary: bytes | None, path: Path, resolver:
     return located.stat().st_size
 
 
-def _check_gltf_sizes(doc: dict, binary: bytes | None, path: Path, resolver: GuardedResolver, max_faces: int,
+def _check_gltf_sizes(doc: dict, binary: _BinChunk | None, path: Path, resolver: GuardedResolver, max_faces: int,
                       memory_mb: int) -> None:
     buffers = _list(doc.get("buffers"))
     buffer_len = []
@@ -337,7 +360,7 @@ def _check_gltf_sizes(doc: dict, binary: bytes | None, path: Path, resolver: Gua
             check_image_header(data, f"image {i}", resolver.max_texture_pixels, path)
 
 
-def _image_bytes(img: dict, doc: dict, binary: bytes | None) -> bytes | None:
+def _image_bytes(img: dict, doc: dict, binary: _BinChunk | None) -> bytes | None:
     """An image's bytes when they are in the file itself (a data: URI or a view of the GLB chunk); images in
     files beside the asset are checked by the resolver when they are read."""
     if isinstance(img.get("uri"), str):
@@ -346,8 +369,7 @@ def _image_bytes(img: dict, doc: dict, binary: bytes | None) -> bytes | None:
     v = img.get("bufferView")
     if binary is None or not isinstance(v, int) or not 0 <= v < len(views) or views[v].get("buffer") != 0:
         return None
-    offset = views[v].get("byteOffset", 0)
-    return binary[offset:offset + views[v]["byteLength"]]
+    return binary.read(views[v].get("byteOffset", 0), views[v]["byteLength"])
 
 
 # ----------------------------------------------------------------------------------------------- PLY, OFF, STL, OBJ

@@ -5,7 +5,8 @@ requests, so the start-up cost (about a second: numpy, trimesh, Pillow) is paid 
 A request is a module-level function and its arguments (pickled); the answer is its return value, or its exception
 raised again in the caller. The budget of one request:
 
-- time: the caller waits at most ``timeout_s`` seconds. Past that the child is killed (SIGKILL) and the request
+- time: the caller waits at most ``timeout_s`` seconds for an answer (the child's start-up is not counted: it says
+  when it is ready). Past that the child is killed (SIGKILL) and the request
   raises :class:`~mme3dr.assets.AssetError` with reason ``timeout``; the next request starts a fresh child. A read
   that blocks for ever (a FIFO, a device) therefore costs ``timeout_s``, never the run.
 - memory: the child's address space is limited (``RLIMIT_AS``) to its size after start-up plus ``memory_mb`` MiB,
@@ -17,7 +18,8 @@ raised again in the caller. The budget of one request:
   checked before parsing too: :mod:`mme3dr.asset_files`).
 
 The child dies with its caller: it exits at end of file on its request pipe, and on Linux the kernel sends it
-SIGKILL when the caller dies (``PR_SET_PDEATHSIG``).
+SIGKILL when the caller dies (``PR_SET_PDEATHSIG``, which fires when the *thread* that started the child ends: a
+worker is best started and used from one long-lived thread, as every caller in this package does).
 """
 
 from __future__ import annotations
@@ -38,6 +40,8 @@ from typing import Any
 from mme3dr.defaults import DEFAULTS
 
 _PR_SET_PDEATHSIG = 1
+_READY = b"ready"
+_STARTUP_S = 600.0  # imports only; far above the ~1 s they take
 
 
 class BudgetedWorker:
@@ -75,25 +79,11 @@ class BudgetedWorker:
         from mme3dr.assets import AssetError
 
         self._ensure_started()
-        assert self._send is not None and self._recv is not None and self._proc is not None
         try:
-            self._send.send((fn, args))
-        except (BrokenPipeError, OSError):  # the child died between requests: start over once
+            kind, value = self._exchange(fn, args, label)
+        except BaseException:  # a timeout, a dead child, Ctrl-C: never leave an answer pending for the next call
             self._kill()
-            self._ensure_started()
-            self._send.send((fn, args))
-        if not self._recv.poll(self.timeout_s):
-            self._kill()
-            raise AssetError("timeout", f"loading took longer than the budget of {self.timeout_s:g} s "
-                             "(DEFAULTS.asset_timeout_s); a read that never ends (a FIFO or device) or a file that "
-                             "is far too big for its format", label)
-        try:
-            kind, value = self._recv.recv()
-        except (EOFError, OSError):
-            code = self._kill()
-            how = f"killed by {signal.Signals(-code).name}" if code and code < 0 else f"exit status {code}"
-            raise AssetError("unreadable", f"the loading process died ({how}) while reading the file", label) \
-                from None
+            raise
         if kind == "memory":
             self._kill()
             raise AssetError("too_large", f"loading needs more memory than the budget of {self.memory_mb} MiB "
@@ -101,6 +91,29 @@ class BudgetedWorker:
         if kind == "raise":
             raise value
         return value
+
+    def _exchange(self, fn: Callable[..., Any], args: tuple, label: str | Path | None) -> tuple[str, Any]:
+        from mme3dr.assets import AssetError
+
+        assert self._send is not None and self._recv is not None
+        try:
+            self._send.send((fn, args))
+        except OSError:  # the child died between requests: start over once
+            self._kill()
+            self._ensure_started()
+            assert self._send is not None and self._recv is not None
+            self._send.send((fn, args))
+        if not self._recv.poll(self.timeout_s):
+            raise AssetError("timeout", f"loading took longer than the budget of {self.timeout_s:g} s "
+                             "(DEFAULTS.asset_timeout_s): a read that never ends (a FIFO, a device) or a file far "
+                             "too big for its format", label)
+        try:
+            return self._recv.recv()
+        except (EOFError, OSError):
+            code = self._kill()
+            how = f"killed by {signal.Signals(-code).name}" if code and code < 0 else f"exit status {code}"
+            raise AssetError("unreadable", f"the loading process died ({how}) while reading the file", label) \
+                from None
 
     def close(self) -> None:
         """Stop the child (it exits on end of file; it is killed if it does not within a few seconds)."""
@@ -139,6 +152,15 @@ class BudgetedWorker:
         self._send = Connection(req_w, readable=False)
         self._recv = Connection(res_r, writable=False)
         self.starts += 1
+        # start-up (imports) is not part of any request's budget: wait for the child to say it is ready
+        try:
+            ready = self._recv.poll(_STARTUP_S) and self._recv.recv_bytes() == _READY
+        except (EOFError, OSError):
+            ready = False
+        if not ready:
+            code = self._kill()
+            raise RuntimeError(f"the asset loader process (python -m mme3dr.asset_worker) did not start (exit "
+                               f"status {code}); its error is printed above")
 
     def _kill(self) -> int | None:
         """Kill the child (if any) and return its exit code."""
@@ -227,7 +249,9 @@ def main(argv: list[str]) -> None:
     Image.MAX_IMAGE_PIXELS = DEFAULTS.max_texture_pixels
     warnings.simplefilter("error", Image.DecompressionBombWarning)
     _limit_address_space(memory_mb)
-    _serve(Connection(req_fd, writable=False), Connection(res_fd, readable=False))
+    answers = Connection(res_fd, readable=False)
+    answers.send_bytes(_READY)
+    _serve(Connection(req_fd, writable=False), answers)
 
 
 if __name__ == "__main__":

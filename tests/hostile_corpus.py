@@ -327,7 +327,7 @@ CASES: tuple[Case, ...] = (
 
 #: Prompt ids that must be refused when the prompt file is loaded (they would name paths outside the run).
 HOSTILE_IDS: tuple[str, ...] = ("../../victim", "../victim", "a/../../victim", "..", ".", "a/b", "x\\..\\y",
-                                "victim\x00", " ", "-rf")
+                                "victim\x00", "~/victim")
 
 
 def make_outside(outside: Path) -> None:
