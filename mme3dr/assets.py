@@ -237,18 +237,19 @@ def face_areas(vertices: np.ndarray, faces: np.ndarray, chunk: int = 1 << 20) ->
     """Area of each triangle, |(b - a) x (c - a)| / 2, computed in chunks so that memory stays bounded."""
     out = np.empty(len(faces))
     for s in range(0, len(faces), chunk):
-        a, b, c = (vertices[faces[s:s + chunk, k]] for k in range(3))
-        out[s:s + chunk] = 0.5 * np.linalg.norm(np.cross(b - a, c - a), axis=1)
+        a = vertices[faces[s:s + chunk, 0]]
+        u, v = vertices[faces[s:s + chunk, 1]] - a, vertices[faces[s:s + chunk, 2]] - a
+        cross = (u[:, 1] * v[:, 2] - u[:, 2] * v[:, 1], u[:, 2] * v[:, 0] - u[:, 0] * v[:, 2],
+                 u[:, 0] * v[:, 1] - u[:, 1] * v[:, 0])
+        out[s:s + chunk] = 0.5 * np.sqrt(cross[0] ** 2 + cross[1] ** 2 + cross[2] ** 2)
     return out
 
 
 def validate_meshes(meshes: list[trimesh.Trimesh], path: Path | str,
                     max_faces: int = DEFAULTS.max_faces, min_extent: float = DEFAULTS.min_extent,
-                    max_extent: float = DEFAULTS.max_extent, degenerate_area: float = DEFAULTS.degenerate_area) -> None:
-    """Raise :class:`AssetError` for the first problem found, in the order of :data:`REASONS`.
-
-    ``degenerate``: every face has an area of at most ``degenerate_area * L**2`` (L = the largest extent).
-    """
+                    max_extent: float = DEFAULTS.max_extent) -> None:
+    """Raise :class:`AssetError` for the first problem found, in the order of :data:`REASONS` (``degenerate`` is
+    raised by :func:`drop_zero_area_faces`, which computes the face areas once for both)."""
     faced = [m for m in meshes if len(m.faces)]
     n_vertices = sum(len(m.vertices) for m in meshes)
     if not faced:
@@ -272,29 +273,29 @@ def validate_meshes(meshes: list[trimesh.Trimesh], path: Path | str,
                          "collapsed to (almost) one point", path)
     if extent > max_extent:
         raise AssetError("absurd_size", f"largest extent {extent:.3g} > {max_extent:g} file units", path)
-    bound = degenerate_area * extent**2
-    if not any(bool((face_areas(m.vertices, m.faces) > bound).any()) for m in faced):
-        raise AssetError("degenerate", f"none of the {n_faces:,} faces has a positive area (each is at most "
-                         f"{degenerate_area:g} x the squared extent): the mesh is points or line segments and "
-                         "renders as nothing", path)
 
 
-def drop_zero_area_faces(meshes: list[trimesh.Trimesh],
+def drop_zero_area_faces(meshes: list[trimesh.Trimesh], path: Path | str | None = None,
                          degenerate_area: float = DEFAULTS.degenerate_area) -> tuple[list[trimesh.Trimesh], int]:
     """The meshes without their zero-area faces (area at most ``degenerate_area * L**2``, L = the largest extent of
     all meshes), and how many faces were dropped. Such faces render as nothing and cost as much as any other face
     (an asset of millions of them took minutes to render); meshes left with no face are dropped, and vertices no
-    face uses any more are removed with their UVs and colours."""
+    face uses any more are removed with their UVs and colours. Raises :class:`AssetError` ``degenerate`` when no
+    face is left (every face is a point or a line segment)."""
     faced = [m for m in meshes if len(m.faces)]
     if not faced:
         return [], 0
     lo, hi = _used_bounds(faced)
     bound = degenerate_area * float(np.max(hi - lo)) ** 2
-    out, dropped = [], 0
-    for m in faced:
-        keep = face_areas(m.vertices, m.faces) > bound
+    keeps = [face_areas(m.vertices, m.faces) > bound for m in faced]
+    dropped = int(sum((~k).sum() for k in keeps))
+    if dropped == sum(len(k) for k in keeps):
+        raise AssetError("degenerate", f"none of the {dropped:,} faces has a positive area (each is at most "
+                         f"{degenerate_area:g} x the squared extent): the mesh is points or line segments and "
+                         "renders as nothing", path)
+    out = []
+    for m, keep in zip(faced, keeps):
         if not keep.all():
-            dropped += int((~keep).sum())
             m.update_faces(keep)
             m.remove_unreferenced_vertices()
         if len(m.faces):
@@ -331,8 +332,14 @@ def normalisation_transform(bounds: np.ndarray, half_extent: float = DEFAULTS.no
 
 
 def _used_bounds(meshes: list[trimesh.Trimesh]) -> np.ndarray:
-    pts = np.concatenate([m.vertices[np.unique(m.faces)] for m in meshes if len(m.faces)])
-    return np.array([pts.min(axis=0), pts.max(axis=0)])
+    """(2, 3) bounding box of the vertices that some face uses."""
+    boxes = []
+    for m in meshes:
+        if len(m.faces):
+            used = np.zeros(len(m.vertices), dtype=bool)
+            used[m.faces.ravel()] = True
+            boxes.append((m.vertices[used].min(axis=0), m.vertices[used].max(axis=0)))
+    return np.array([np.min([b[0] for b in boxes], axis=0), np.max([b[1] for b in boxes], axis=0)])
 
 
 def load_asset(path: Path | str, up_axis: str = DEFAULTS.up_axis, normalise: bool = True,
@@ -342,7 +349,8 @@ def load_asset(path: Path | str, up_axis: str = DEFAULTS.up_axis, normalise: boo
     The work runs in a loader process (:mod:`mme3dr.asset_worker`; ``worker``, or this process's shared one with
     the budget of :data:`~mme3dr.defaults.DEFAULTS`), so a file that would hang or exhaust memory fails with reason
     ``timeout`` or ``too_large`` and the caller goes on. Steps: :func:`load_asset_in_process`.
-    Raises :class:`AssetError` with a reason code. ``limits`` are passed to :func:`validate_meshes`.
+    Raises :class:`AssetError` with a reason code. ``limits``: ``max_faces``, ``min_extent``, ``max_extent`` (see
+    :func:`validate_meshes`) and ``degenerate_area`` (see :func:`drop_zero_area_faces`).
     """
     from mme3dr.asset_worker import shared_worker
 
@@ -359,9 +367,10 @@ def load_asset_in_process(path: Path | str, up_axis: str = DEFAULTS.up_axis, nor
     ``normalise``, centre the bounding box of the remaining faces' vertices and scale its largest extent to 1.
     """
     limits = dict(limits or {})
+    degenerate_area = limits.pop("degenerate_area", DEFAULTS.degenerate_area)
     meshes = read_meshes(path, limits.get("max_faces", DEFAULTS.max_faces))
     validate_meshes(meshes, path, **limits)
-    meshes, dropped = drop_zero_area_faces(meshes, limits.get("degenerate_area", DEFAULTS.degenerate_area))
+    meshes, dropped = drop_zero_area_faces(meshes, path, degenerate_area)
     transform = up_axis_rotation(up_axis)
     for m in meshes:
         m.apply_transform(transform)
