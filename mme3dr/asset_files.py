@@ -41,6 +41,7 @@ from typing import Any
 from PIL import Image
 from trimesh.resolvers import FilePathResolver
 
+from mme3dr.assets import AssetError
 from mme3dr.defaults import DEFAULTS
 
 MiB = 2**20
@@ -55,26 +56,20 @@ _PLY_TYPES = {"char": 1, "uchar": 1, "int8": 1, "uint8": 1, "short": 2, "ushort"
               "int": 4, "uint": 4, "int32": 4, "uint32": 4, "float": 4, "float32": 4, "double": 8, "float64": 8}
 
 
-def _error(reason: str, message: str, path: Path | str) -> Exception:
-    from mme3dr.assets import AssetError
-
-    return AssetError(reason, message, path)
-
-
 def check_regular_file(path: Path | str, max_file_mb: int = DEFAULTS.max_file_mb, what: str = "the asset") -> int:
     """The size in bytes of ``path``, a regular file of at most ``max_file_mb`` MiB; never opens it."""
     try:
         st = os.stat(path)
     except FileNotFoundError:
-        raise _error("missing", f"{what} does not exist", path) from None
+        raise AssetError("missing", f"{what} does not exist", path) from None
     except (OSError, RuntimeError) as exc:  # a symlink loop, a name too long
-        raise _error("not_a_file", f"{what} cannot be looked up: {exc}", path) from None
+        raise AssetError("not_a_file", f"{what} cannot be looked up: {exc}", path) from None
     if not stat.S_ISREG(st.st_mode):
         kind = ("a FIFO" if stat.S_ISFIFO(st.st_mode) else "a folder" if stat.S_ISDIR(st.st_mode)
                 else "a device" if stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode) else "a socket")
-        raise _error("not_a_file", f"{what} is {kind}, not a regular file", path)
+        raise AssetError("not_a_file", f"{what} is {kind}, not a regular file", path)
     if st.st_size > max_file_mb * MiB:
-        raise _error("too_large", f"{what} holds {st.st_size / MiB:,.0f} MiB; the limit is {max_file_mb:,} MiB "
+        raise AssetError("too_large", f"{what} holds {st.st_size / MiB:,.0f} MiB; the limit is {max_file_mb:,} MiB "
                      "(DEFAULTS.max_file_mb)", path)
     return st.st_size
 
@@ -91,7 +86,7 @@ def check_image_header(data: bytes, name: str, max_pixels: int, path: Path | str
     finally:
         Image.MAX_IMAGE_PIXELS = saved
     if w * h > max_pixels:
-        raise _error("too_large", f"texture {name!r} declares {w} x {h} pixels; the limit is {max_pixels:,} "
+        raise AssetError("too_large", f"texture {name!r} declares {w} x {h} pixels; the limit is {max_pixels:,} "
                      "(DEFAULTS.max_texture_pixels)", path)
 
 
@@ -106,14 +101,14 @@ class GuardedResolver(FilePathResolver):
         self.max_file_mb = max_file_mb
         self.max_texture_pixels = max_texture_pixels
         #: The first rule a companion broke (an AssetError), raised by the loader once trimesh is done.
-        self.problem: Exception | None = None
+        self.problem: AssetError | None = None
 
     def locate(self, name: str) -> Path | None:
         """The regular file ``name`` refers to inside the folder, or None when there is none; raises the
         ``outside_folder``, ``not_a_file`` or ``too_large`` error (and keeps it in ``problem``)."""
         try:
             return self._locate(name)
-        except Exception as exc:
+        except AssetError as exc:
             self.problem = self.problem or exc
             raise
 
@@ -126,7 +121,7 @@ class GuardedResolver(FilePathResolver):
             try:
                 target = (self.root / cand).resolve()
             except (OSError, RuntimeError) as exc:  # a symlink loop
-                raise _error("not_a_file", f"companion file {name!r} cannot be looked up: {exc}", self.asset) \
+                raise AssetError("not_a_file", f"companion file {name!r} cannot be looked up: {exc}", self.asset) \
                     from None
             if not target.is_relative_to(self.root):
                 outside = outside or target
@@ -135,7 +130,7 @@ class GuardedResolver(FilePathResolver):
                 check_regular_file(target, self.max_file_mb, f"companion file {name!r}")
                 return target
         if outside is not None:
-            raise _error("outside_folder", f"companion file {name!r} is {outside}, outside the asset's folder "
+            raise AssetError("outside_folder", f"companion file {name!r} is {outside}, outside the asset's folder "
                          f"{self.root}; put the file beside the asset and name it relative to the asset",
                          self.asset)
         return None
@@ -147,7 +142,7 @@ class GuardedResolver(FilePathResolver):
         data = path.read_bytes()
         try:
             check_image_header(data, name, self.max_texture_pixels, self.asset)
-        except Exception as exc:
+        except AssetError as exc:
             self.problem = self.problem or exc
             raise
         return data
@@ -203,9 +198,9 @@ def _check_gltf(path: Path, resolver: GuardedResolver, max_faces: int, memory_mb
     try:
         doc = json.loads(doc_bytes)
     except (ValueError, RecursionError) as exc:
-        raise _error("unreadable", f"the glTF JSON does not parse: {exc}", path) from None
+        raise AssetError("unreadable", f"the glTF JSON does not parse: {exc}", path) from None
     if not isinstance(doc, dict):
-        raise _error("unreadable", "the glTF JSON is not an object", path)
+        raise AssetError("unreadable", "the glTF JSON is not an object", path)
     _check_compression(doc, path)
     _check_gltf_sizes(doc, binary, path, resolver, max_faces, memory_mb)
 
@@ -216,12 +211,12 @@ def _glb_chunks(path: Path) -> tuple[bytes, _BinChunk | None]:
     with open(path, "rb") as f:
         head = f.read(12)
         if size < 20:
-            raise _error("unreadable", f"{size} bytes: too short for a GLB header", path)
+            raise AssetError("unreadable", f"{size} bytes: too short for a GLB header", path)
         magic, version, length = struct.unpack("<III", head)
         if magic != _GLB_MAGIC or version != 2:
-            raise _error("unreadable", f"not a glTF 2.0 binary (magic {head[:4]!r}, version {version})", path)
+            raise AssetError("unreadable", f"not a glTF 2.0 binary (magic {head[:4]!r}, version {version})", path)
         if length != size:
-            raise _error("unreadable", f"the GLB header declares {length:,} bytes but the file holds {size:,}", path)
+            raise AssetError("unreadable", f"the GLB header declares {length:,} bytes but the file holds {size:,}", path)
         doc: bytes | None = None
         binary = None
         offset = 12
@@ -229,25 +224,25 @@ def _glb_chunks(path: Path) -> tuple[bytes, _BinChunk | None]:
             f.seek(offset)
             chunk_len, kind = struct.unpack("<II", f.read(8))
             if offset + 8 + chunk_len > size:
-                raise _error("unreadable", f"a GLB chunk declares {chunk_len:,} bytes past the end of the file", path)
+                raise AssetError("unreadable", f"a GLB chunk declares {chunk_len:,} bytes past the end of the file", path)
             if kind == _JSON_CHUNK and doc is None:
                 doc = f.read(chunk_len)
             elif kind == _BIN_CHUNK and binary is None:
                 binary = _BinChunk(path, offset + 8, chunk_len)
             offset += 8 + chunk_len
     if doc is None:
-        raise _error("unreadable", "the GLB has no JSON chunk", path)
+        raise AssetError("unreadable", "the GLB has no JSON chunk", path)
     return doc, binary
 
 
 def _check_compression(doc: dict, path: Path) -> None:
     used = set(_list(doc.get("extensionsUsed"))) | set(_list(doc.get("extensionsRequired")))
     if DRACO in used and importlib.util.find_spec("DracoPy") is None:
-        raise _error("unsupported_compression", "the geometry is Draco-compressed (KHR_draco_mesh_compression) and "
+        raise AssetError("unsupported_compression", "the geometry is Draco-compressed (KHR_draco_mesh_compression) and "
                      "no Draco decoder is installed: `pip install DracoPy` (trimesh decodes Draco with it)", path)
     for ext in MESHOPT:
         if ext in used:
-            raise _error("unsupported_compression", f"the geometry is meshopt-compressed ({ext}), which trimesh "
+            raise AssetError("unsupported_compression", f"the geometry is meshopt-compressed ({ext}), which trimesh "
                          "cannot decode; export the asset without meshopt compression", path)
 
 
@@ -259,7 +254,7 @@ def _int(value: Any, what: str, path: Path, default: int | None = None) -> int:
     if value is None and default is not None:
         return default
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise _error("unreadable", f"{what} is {value!r}, not a non-negative integer", path)
+        raise AssetError("unreadable", f"{what} is {value!r}, not a non-negative integer", path)
     return value
 
 
@@ -281,20 +276,20 @@ def _buffer_bytes(i: int, buf: dict, binary: _BinChunk | None, path: Path, resol
     uri = buf.get("uri")
     if uri is None:
         if i != 0 or binary is None:
-            raise _error("unreadable", f"buffer {i} has no uri and there is no GLB binary chunk for it", path)
+            raise AssetError("unreadable", f"buffer {i} has no uri and there is no GLB binary chunk for it", path)
         return binary.length
     if not isinstance(uri, str):
-        raise _error("unreadable", f"buffer {i} uri is {uri!r}", path)
+        raise AssetError("unreadable", f"buffer {i} uri is {uri!r}", path)
     raw = _data_uri(uri)
     if raw is not None:
         if raw == b"\x00invalid":
-            raise _error("unreadable", f"buffer {i} is a data: URI that is not valid base64", path)
+            raise AssetError("unreadable", f"buffer {i} is a data: URI that is not valid base64", path)
         return len(raw)
     from urllib.parse import unquote
 
     located = resolver.locate(unquote(uri))
     if located is None:
-        raise _error("unreadable", f"buffer {i} names {uri!r}, which is missing beside the asset", path)
+        raise AssetError("unreadable", f"buffer {i} names {uri!r}, which is missing beside the asset", path)
     return located.stat().st_size
 
 
@@ -304,55 +299,55 @@ def _check_gltf_sizes(doc: dict, binary: _BinChunk | None, path: Path, resolver:
     buffer_len = []
     for i, buf in enumerate(buffers):
         if not isinstance(buf, dict):
-            raise _error("unreadable", f"buffer {i} is not an object", path)
+            raise AssetError("unreadable", f"buffer {i} is not an object", path)
         declared = _int(buf.get("byteLength"), f"buffer {i} byteLength", path)
         held = _buffer_bytes(i, buf, binary, path, resolver)
         if declared > held:
-            raise _error("unreadable", f"buffer {i} declares {declared:,} bytes but holds {held:,}", path)
+            raise AssetError("unreadable", f"buffer {i} declares {declared:,} bytes but holds {held:,}", path)
         buffer_len.append(declared)
     views = _list(doc.get("bufferViews"))
     view_len = []
     for i, view in enumerate(views):
         if not isinstance(view, dict):
-            raise _error("unreadable", f"bufferView {i} is not an object", path)
+            raise AssetError("unreadable", f"bufferView {i} is not an object", path)
         b = _int(view.get("buffer"), f"bufferView {i} buffer", path)
         if b >= len(buffer_len):
-            raise _error("unreadable", f"bufferView {i} names buffer {b}; there are {len(buffer_len)}", path)
+            raise AssetError("unreadable", f"bufferView {i} names buffer {b}; there are {len(buffer_len)}", path)
         offset = _int(view.get("byteOffset"), f"bufferView {i} byteOffset", path, 0)
         length = _int(view.get("byteLength"), f"bufferView {i} byteLength", path)
         if offset + length > buffer_len[b]:
-            raise _error("unreadable", f"bufferView {i} spans bytes {offset:,}-{offset + length:,} of buffer {b}, "
+            raise AssetError("unreadable", f"bufferView {i} spans bytes {offset:,}-{offset + length:,} of buffer {b}, "
                          f"which holds {buffer_len[b]:,}", path)
         view_len.append((length, view.get("byteStride")))
     max_count = 3 * max_faces  # the most vertices (unwelded) or indices a mesh within max_faces can need
     total = 0
     for i, acc in enumerate(_list(doc.get("accessors"))):
         if not isinstance(acc, dict):
-            raise _error("unreadable", f"accessor {i} is not an object", path)
+            raise AssetError("unreadable", f"accessor {i} is not an object", path)
         count = _int(acc.get("count"), f"accessor {i} count", path)
         size = _COMPONENT_BYTES.get(acc.get("componentType"), 0) * _TYPE_COMPONENTS.get(acc.get("type"), 0)
         if not size:
-            raise _error("unreadable", f"accessor {i} has componentType {acc.get('componentType')!r} and type "
+            raise AssetError("unreadable", f"accessor {i} has componentType {acc.get('componentType')!r} and type "
                          f"{acc.get('type')!r}", path)
         if count * size > memory_mb * MiB:
-            raise _error("too_large", f"accessor {i} declares {count:,} elements ({count * size / MiB:,.0f} MiB); "
+            raise AssetError("too_large", f"accessor {i} declares {count:,} elements ({count * size / MiB:,.0f} MiB); "
                          f"the loading budget is {memory_mb:,} MiB (DEFAULTS.asset_memory_mb)", path)
         if count > max_count:
-            raise _error("too_many_faces", f"accessor {i} declares {count:,} elements; a mesh within the face "
+            raise AssetError("too_many_faces", f"accessor {i} declares {count:,} elements; a mesh within the face "
                          f"limit ({max_faces:,}) needs at most {max_count:,}", path)
         total += count * size
         if "bufferView" in acc and count:
             v = _int(acc["bufferView"], f"accessor {i} bufferView", path)
             if v >= len(view_len):
-                raise _error("unreadable", f"accessor {i} names bufferView {v}; there are {len(view_len)}", path)
+                raise AssetError("unreadable", f"accessor {i} names bufferView {v}; there are {len(view_len)}", path)
             length, stride = view_len[v]
             stride = stride if isinstance(stride, int) and stride > 0 else size
             end = _int(acc.get("byteOffset"), f"accessor {i} byteOffset", path, 0) + stride * (count - 1) + size
             if end > length:
-                raise _error("unreadable", f"accessor {i} declares {count:,} elements ({end:,} bytes) but its "
+                raise AssetError("unreadable", f"accessor {i} declares {count:,} elements ({end:,} bytes) but its "
                              f"bufferView {v} holds {length:,}", path)
     if total > memory_mb * MiB:
-        raise _error("too_large", f"the accessors declare {total / MiB:,.0f} MiB of data; the loading budget is "
+        raise AssetError("too_large", f"the accessors declare {total / MiB:,.0f} MiB of data; the loading budget is "
                      f"{memory_mb:,} MiB (DEFAULTS.asset_memory_mb)", path)
     for i, img in enumerate(_list(doc.get("images"))):
         data = _image_bytes(img, doc, binary) if isinstance(img, dict) else None
@@ -380,7 +375,7 @@ def _check_ply(path: Path, max_faces: int) -> None:
         head = f.read(64 * 1024)
     end = head.find(b"end_header")
     if not head.startswith(b"ply") or end < 0:
-        raise _error("unreadable", "not a PLY file (no 'ply' magic or no end_header in the first 64 KiB)", path)
+        raise AssetError("unreadable", "not a PLY file (no 'ply' magic or no end_header in the first 64 KiB)", path)
     body = path.stat().st_size - (head.index(b"\n", end) + 1 if b"\n" in head[end:] else len(head))
     fmt, elements = "", []  # (name, count, min bytes per row as binary, min tokens per row as text)
     for line in head[:end].decode("ascii", "replace").splitlines():
@@ -389,7 +384,7 @@ def _check_ply(path: Path, max_faces: int) -> None:
             fmt = words[1]
         elif len(words) == 3 and words[0] == "element":
             if not re.fullmatch(r"\d+", words[2]):
-                raise _error("unreadable", f"PLY element {words[1]!r} has count {words[2]!r}", path)
+                raise AssetError("unreadable", f"PLY element {words[1]!r} has count {words[2]!r}", path)
             elements.append([words[1], int(words[2]), 0, 0])
         elif words[:1] == ["property"] and elements:
             if len(words) >= 5 and words[1] == "list":
@@ -401,12 +396,12 @@ def _check_ply(path: Path, max_faces: int) -> None:
                 elements[-1][3] += 1
     faces = sum(e[1] for e in elements if e[0] == "face")
     if faces > max_faces:
-        raise _error("too_many_faces", f"the PLY header declares {faces:,} faces > limit {max_faces:,}", path)
+        raise AssetError("too_many_faces", f"the PLY header declares {faces:,} faces > limit {max_faces:,}", path)
     # binary: each row's fixed bytes; text: each value at least one character and a separator
     need = sum(e[1] * (e[2] if fmt.startswith("binary") else 2 * e[3]) for e in elements)
     if need > body:
         counts = ", ".join(f"{e[1]:,} {e[0]}" for e in elements)
-        raise _error("unreadable", f"the PLY header declares {counts} (at least {need:,} bytes) but the file holds "
+        raise AssetError("unreadable", f"the PLY header declares {counts} (at least {need:,} bytes) but the file holds "
                      f"{body:,} bytes after the header", path)
 
 
@@ -415,15 +410,15 @@ def _check_off(path: Path, max_faces: int) -> None:
         head = f.read(64 * 1024).decode("ascii", "replace")
     words = [w for line in head.splitlines() if not line.lstrip().startswith("#") for w in line.split()]
     if not words or not words[0].endswith("OFF"):
-        raise _error("unreadable", "not an OFF file (no OFF keyword)", path)
+        raise AssetError("unreadable", "not an OFF file (no OFF keyword)", path)
     if len(words) < 3 or not all(re.fullmatch(r"\d+", w) for w in words[1:3]):
-        raise _error("unreadable", f"the OFF header has no vertex and face counts ({' '.join(words[1:4])!r})", path)
+        raise AssetError("unreadable", f"the OFF header has no vertex and face counts ({' '.join(words[1:4])!r})", path)
     nv, nf = int(words[1]), int(words[2])
     if nf > max_faces:
-        raise _error("too_many_faces", f"the OFF header declares {nf:,} faces > limit {max_faces:,}", path)
+        raise AssetError("too_many_faces", f"the OFF header declares {nf:,} faces > limit {max_faces:,}", path)
     need = 6 * nv + 8 * nf  # "0 0 0\n" per vertex, "3 0 1 2\n" per face at the least
     if need > path.stat().st_size:
-        raise _error("unreadable", f"the OFF header declares {nv:,} vertices and {nf:,} faces (at least {need:,} "
+        raise AssetError("unreadable", f"the OFF header declares {nv:,} vertices and {nf:,} faces (at least {need:,} "
                      f"bytes) but the file holds {path.stat().st_size:,}", path)
 
 
@@ -437,10 +432,10 @@ def _check_stl(path: Path, max_faces: int) -> None:
     if head[:5].lower() == b"solid" and size != 84 + 50 * count:
         return  # a text STL (a binary one may start with "solid" too; its size then matches its count)
     if count > max_faces:
-        raise _error("too_many_faces", f"the binary STL header declares {count:,} triangles > limit {max_faces:,}",
+        raise AssetError("too_many_faces", f"the binary STL header declares {count:,} triangles > limit {max_faces:,}",
                      path)
     if 84 + 50 * count > size:
-        raise _error("unreadable", f"the binary STL header declares {count:,} triangles ({84 + 50 * count:,} bytes) "
+        raise AssetError("unreadable", f"the binary STL header declares {count:,} triangles ({84 + 50 * count:,} bytes) "
                      f"but the file holds {size:,}", path)
 
 
@@ -452,5 +447,5 @@ def _check_obj(path: Path, max_faces: int) -> None:
             faces += block.count(b"\nf ") + block.count(b"\nf\t")
             tail = block[-2:]  # too short to hold a match already counted; completes one split across chunks
             if faces > max_faces:
-                raise _error("too_many_faces", f"the OBJ has more than {max_faces:,} face lines (limit "
+                raise AssetError("too_many_faces", f"the OBJ has more than {max_faces:,} face lines (limit "
                              f"{max_faces:,})", path)
