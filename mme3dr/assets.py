@@ -1,5 +1,10 @@
 """Generated assets: load with trimesh, validate, convert to the canonical z-up frame, normalise; read colours.
 
+Loading has a budget (:func:`load_asset`): it runs in a loader process with a time limit and an address-space
+limit (:mod:`mme3dr.asset_worker`), after the file and its companions have been checked without parsing
+(:mod:`mme3dr.asset_files`: regular files inside the asset's folder, sizes within the budget, headers that do not
+lie). Zero-area faces are dropped and counted; a mesh with no other face is ``degenerate``.
+
 Canonical frame (the TRELLIS/Toys4K render protocol): world z-up; the asset's axis-aligned bounding box is
 centred at the origin and its largest extent is 1, so it fits in [-0.5, 0.5]^3. Scenes are flattened with
 their node transforms baked in; each sub-mesh keeps its own visuals (texture + UVs, or vertex colours).
@@ -20,9 +25,10 @@ from a GLB texture, GLB vertex colours, PLY vertex or face colours and OBJ + MTL
 
 from __future__ import annotations
 
+import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import trimesh
@@ -31,19 +37,30 @@ from PIL import Image
 from mme3dr.adapters.base import parse_up_axis
 from mme3dr.defaults import DEFAULTS
 
+if TYPE_CHECKING:
+    from mme3dr.asset_worker import BudgetedWorker
+
 ASSET_SUFFIXES = (".glb", ".gltf", ".obj", ".ply", ".off", ".stl")
 
-#: Reason codes of :class:`AssetError`, with what each means.
+#: Reason codes of :class:`AssetError`, with what each means, in the order the checks run.
 REASONS: dict[str, str] = {
     "missing": "the asset file does not exist",
     "unsupported_format": f"the file extension is not one of {', '.join(ASSET_SUFFIXES)}",
-    "unreadable": "trimesh could not parse the file (corrupt, truncated, or a companion file is missing)",
+    "not_a_file": "the asset or a companion file is not a regular file (a FIFO, a device, a folder, a symlink loop)",
+    "too_large": "a file, a texture or the declared data is past the loading budget, or loading needed more memory "
+                 "than the budget",
+    "outside_folder": "a companion file (material, texture, buffer) lies outside the asset's folder",
+    "unsupported_compression": "glTF geometry compressed with a codec that no installed decoder reads (Draco "
+                               "without DracoPy, meshopt)",
+    "unreadable": "the file could not be parsed (corrupt, truncated, a header that lies, a companion file missing)",
+    "timeout": "loading took longer than the time budget",
     "empty": "the file holds no geometry",
     "no_faces": "the geometry has vertices but no triangles (a point cloud or lines)",
     "invalid_faces": "faces index vertices that do not exist",
     "non_finite": "vertex coordinates contain NaN or Inf",
-    "absurd_size": "the bounding box is degenerate (all points coincide) or absurdly large",
     "too_many_faces": "more faces than the configured limit",
+    "absurd_size": "the bounding box is degenerate (all points coincide) or absurdly large",
+    "degenerate": "no face has a positive area (every face is a point or a line segment)",
 }
 
 
@@ -57,6 +74,9 @@ class AssetError(Exception):
         self.message = message
         super().__init__(f"[{reason}] {path}: {message}" if path else f"[{reason}] {message}")
 
+    def __reduce__(self):  # pickles with its fields (errors travel back from the loader process)
+        return AssetError, (self.reason, self.message, self.path)
+
 
 @dataclass
 class Asset:
@@ -67,6 +87,8 @@ class Asset:
     up_axis: str  # the up axis declared for the source file
     #: 4x4 transform applied to the file's coordinates (rotation to z-up, then centring and scaling).
     transform: np.ndarray = field(default_factory=lambda: np.eye(4))
+    #: Zero-area faces dropped at load (see :func:`drop_zero_area_faces`); not in ``meshes`` nor ``n_faces``.
+    zero_area_faces: int = 0
 
     @property
     def bounds(self) -> np.ndarray:
@@ -173,19 +195,34 @@ def base_colour(mesh: trimesh.Trimesh) -> BaseColour:
     return BaseColour("none")
 
 
-def read_meshes(path: Path | str) -> list[trimesh.Trimesh]:
-    """Read a file into triangle meshes with scene transforms baked in (no validation beyond parsing)."""
+def read_meshes(path: Path | str, max_faces: int = DEFAULTS.max_faces) -> list[trimesh.Trimesh]:
+    """Read a file into triangle meshes with scene transforms baked in (no validation beyond parsing).
+
+    Before parsing, the file and every companion it names are checked (:mod:`mme3dr.asset_files`: regular files
+    inside the asset's folder, sizes within the budget, headers that do not lie); companions are read only through
+    :class:`~mme3dr.asset_files.GuardedResolver`. This runs in the calling process, without a time or memory
+    budget: :func:`load_asset` runs it in the loader process.
+    """
+    from mme3dr.asset_files import GuardedResolver, check_declared_sizes, check_regular_file
+
     path = Path(path)
-    if not path.is_file():
+    if not os.path.lexists(path):
         raise AssetError("missing", "no such file", path)
     if path.suffix.lower() not in ASSET_SUFFIXES:
         raise AssetError("unsupported_format", f"extension {path.suffix!r}; expected one of "
                          f"{', '.join(ASSET_SUFFIXES)}", path)
+    check_regular_file(path)
+    resolver = GuardedResolver(path)
+    check_declared_sizes(path, resolver, max_faces)
     try:
-        scene = trimesh.load(path, force="scene", process=False)
+        scene = trimesh.load(str(path), resolver=resolver, force="scene", process=False)
         geoms = scene.dump(concatenate=False)
+    except MemoryError:
+        raise
     except Exception as exc:  # trimesh raises many exception types for corrupt input
-        raise AssetError("unreadable", f"{type(exc).__name__}: {exc}", path) from exc
+        raise resolver.problem or AssetError("unreadable", f"{type(exc).__name__}: {exc}", path) from exc
+    if resolver.problem is not None:  # trimesh went on without a companion it was refused
+        raise resolver.problem
     return [g for g in geoms if isinstance(g, trimesh.Trimesh)] or _non_mesh_error(geoms, path)
 
 
@@ -196,10 +233,23 @@ def _non_mesh_error(geoms: list[Any], path: Path) -> list[trimesh.Trimesh]:
     raise AssetError("empty", "no geometry in the file", path)
 
 
+def face_areas(vertices: np.ndarray, faces: np.ndarray, chunk: int = 1 << 20) -> np.ndarray:
+    """Area of each triangle, |(b - a) x (c - a)| / 2, computed in chunks so that memory stays bounded."""
+    out = np.empty(len(faces))
+    for s in range(0, len(faces), chunk):
+        a = vertices[faces[s:s + chunk, 0]]
+        u, v = vertices[faces[s:s + chunk, 1]] - a, vertices[faces[s:s + chunk, 2]] - a
+        cross = (u[:, 1] * v[:, 2] - u[:, 2] * v[:, 1], u[:, 2] * v[:, 0] - u[:, 0] * v[:, 2],
+                 u[:, 0] * v[:, 1] - u[:, 1] * v[:, 0])
+        out[s:s + chunk] = 0.5 * np.sqrt(cross[0] ** 2 + cross[1] ** 2 + cross[2] ** 2)
+    return out
+
+
 def validate_meshes(meshes: list[trimesh.Trimesh], path: Path | str,
                     max_faces: int = DEFAULTS.max_faces, min_extent: float = DEFAULTS.min_extent,
                     max_extent: float = DEFAULTS.max_extent) -> None:
-    """Raise :class:`AssetError` for the first problem found, in the order of :data:`REASONS`."""
+    """Raise :class:`AssetError` for the first problem found, in the order of :data:`REASONS` (``degenerate`` is
+    raised by :func:`drop_zero_area_faces`, which computes the face areas once for both)."""
     faced = [m for m in meshes if len(m.faces)]
     n_vertices = sum(len(m.vertices) for m in meshes)
     if not faced:
@@ -216,14 +266,41 @@ def validate_meshes(meshes: list[trimesh.Trimesh], path: Path | str,
     n_faces = sum(len(m.faces) for m in faced)
     if n_faces > max_faces:
         raise AssetError("too_many_faces", f"{n_faces:,} faces > limit {max_faces:,}", path)
-    lo = np.min([m.vertices[np.unique(m.faces)].min(axis=0) for m in faced], axis=0)
-    hi = np.max([m.vertices[np.unique(m.faces)].max(axis=0) for m in faced], axis=0)
+    lo, hi = _used_bounds(faced)
     extent = float(np.max(hi - lo))
     if extent < min_extent:
         raise AssetError("absurd_size", f"largest extent {extent:.3g} < {min_extent:g}: every face is "
                          "collapsed to (almost) one point", path)
     if extent > max_extent:
         raise AssetError("absurd_size", f"largest extent {extent:.3g} > {max_extent:g} file units", path)
+
+
+def drop_zero_area_faces(meshes: list[trimesh.Trimesh], path: Path | str | None = None,
+                         degenerate_area: float = DEFAULTS.degenerate_area) -> tuple[list[trimesh.Trimesh], int]:
+    """The meshes without their zero-area faces (area at most ``degenerate_area * L**2``, L = the largest extent of
+    all meshes), and how many faces were dropped. Such faces render as nothing and cost as much as any other face
+    (an asset of millions of them took minutes to render); meshes left with no face are dropped, and vertices no
+    face uses any more are removed with their UVs and colours. Raises :class:`AssetError` ``degenerate`` when no
+    face is left (every face is a point or a line segment)."""
+    faced = [m for m in meshes if len(m.faces)]
+    if not faced:
+        return [], 0
+    lo, hi = _used_bounds(faced)
+    bound = degenerate_area * float(np.max(hi - lo)) ** 2
+    keeps = [face_areas(m.vertices, m.faces) > bound for m in faced]
+    dropped = int(sum((~k).sum() for k in keeps))
+    if dropped == sum(len(k) for k in keeps):
+        raise AssetError("degenerate", f"none of the {dropped:,} faces has a positive area (each is at most "
+                         f"{degenerate_area:g} x the squared extent): the mesh is points or line segments and "
+                         "renders as nothing", path)
+    out = []
+    for m, keep in zip(faced, keeps):
+        if not keep.all():
+            m.update_faces(keep)
+            m.remove_unreferenced_vertices()
+        if len(m.faces):
+            out.append(m)
+    return out, dropped
 
 
 def up_axis_rotation(up_axis: str) -> np.ndarray:
@@ -255,20 +332,45 @@ def normalisation_transform(bounds: np.ndarray, half_extent: float = DEFAULTS.no
 
 
 def _used_bounds(meshes: list[trimesh.Trimesh]) -> np.ndarray:
-    pts = np.concatenate([m.vertices[np.unique(m.faces)] for m in meshes if len(m.faces)])
-    return np.array([pts.min(axis=0), pts.max(axis=0)])
+    """(2, 3) bounding box of the vertices that some face uses."""
+    boxes = []
+    for m in meshes:
+        if len(m.faces):
+            used = np.zeros(len(m.vertices), dtype=bool)
+            used[m.faces.ravel()] = True
+            boxes.append((m.vertices[used].min(axis=0), m.vertices[used].max(axis=0)))
+    return np.array([np.min([b[0] for b in boxes], axis=0), np.max([b[1] for b in boxes], axis=0)])
 
 
-def load_asset(path: Path | str, up_axis: str = DEFAULTS.up_axis, normalise: bool = True, **limits: Any) -> Asset:
-    """Read, validate and (by default) bring an asset into the canonical frame.
+def load_asset(path: Path | str, up_axis: str = DEFAULTS.up_axis, normalise: bool = True,
+               worker: BudgetedWorker | None = None, **limits: Any) -> Asset:
+    """Read, validate and (by default) bring an asset into the canonical frame, within the loading budget.
 
-    Steps: read (scene flattened) -> :func:`validate_meshes` -> rotate ``up_axis`` to +z ->
-    if ``normalise``, centre the bounding box of the faces' vertices and scale its largest extent to 1.
-    Raises :class:`AssetError` with a reason code. ``limits`` are passed to :func:`validate_meshes`.
+    The work runs in a loader process (:mod:`mme3dr.asset_worker`; ``worker``, or this process's shared one with
+    the budget of :data:`~mme3dr.defaults.DEFAULTS`), so a file that would hang or exhaust memory fails with reason
+    ``timeout`` or ``too_large`` and the caller goes on. Steps: :func:`load_asset_in_process`.
+    Raises :class:`AssetError` with a reason code. ``limits``: ``max_faces``, ``min_extent``, ``max_extent`` (see
+    :func:`validate_meshes`) and ``degenerate_area`` (see :func:`drop_zero_area_faces`).
     """
-    meshes = read_meshes(path)
+    from mme3dr.asset_worker import shared_worker
+
+    return (worker or shared_worker()).call(load_asset_in_process, str(path), up_axis, normalise, limits,
+                                            label=path)
+
+
+def load_asset_in_process(path: Path | str, up_axis: str = DEFAULTS.up_axis, normalise: bool = True,
+                          limits: dict[str, Any] | None = None) -> Asset:
+    """:func:`load_asset` in the calling process, with no time or memory budget.
+
+    Steps: read (files checked, scene flattened; :func:`read_meshes`) -> :func:`validate_meshes` -> drop zero-area
+    faces (:func:`drop_zero_area_faces`, counted in ``Asset.zero_area_faces``) -> rotate ``up_axis`` to +z -> if
+    ``normalise``, centre the bounding box of the remaining faces' vertices and scale its largest extent to 1.
+    """
+    limits = dict(limits or {})
+    degenerate_area = limits.pop("degenerate_area", DEFAULTS.degenerate_area)
+    meshes = read_meshes(path, limits.get("max_faces", DEFAULTS.max_faces))
     validate_meshes(meshes, path, **limits)
-    meshes = [m for m in meshes if len(m.faces)]
+    meshes, dropped = drop_zero_area_faces(meshes, path, degenerate_area)
     transform = up_axis_rotation(up_axis)
     for m in meshes:
         m.apply_transform(transform)
@@ -277,7 +379,8 @@ def load_asset(path: Path | str, up_axis: str = DEFAULTS.up_axis, normalise: boo
         for m in meshes:
             m.apply_transform(norm)
         transform = norm @ transform
-    return Asset(path=Path(path), meshes=meshes, up_axis=parse_up_axis(up_axis), transform=transform)
+    return Asset(path=Path(path), meshes=meshes, up_axis=parse_up_axis(up_axis), transform=transform,
+                 zero_area_faces=dropped)
 
 
 @dataclass
@@ -295,18 +398,22 @@ class AssetReport:
     source_extent: float | None = None
     has_texture: bool = False
     has_vertex_colors: bool = False
+    #: Zero-area faces dropped at load (not counted in ``n_faces``).
+    zero_area_faces: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
-def check_asset(prompt_id: str, path: Path | str, up_axis: str = DEFAULTS.up_axis) -> AssetReport:
-    """Load and validate without raising: problems become a report with a reason code."""
+def check_asset(prompt_id: str, path: Path | str, up_axis: str = DEFAULTS.up_axis,
+                worker: BudgetedWorker | None = None) -> AssetReport:
+    """Load and validate (within the loading budget) without raising: problems become a report with a reason code."""
     try:
-        asset = load_asset(path, up_axis=up_axis, normalise=False)
+        asset = load_asset(path, up_axis=up_axis, normalise=False, worker=worker)
     except AssetError as exc:
         return AssetReport(prompt_id, str(path), ok=False, reason=exc.reason, message=exc.message)
     b = asset.bounds
     return AssetReport(prompt_id, str(path), ok=True, n_meshes=len(asset.meshes), n_vertices=asset.n_vertices,
                        n_faces=asset.n_faces, source_extent=float(np.max(b[1] - b[0])),
-                       has_texture=asset.has_texture, has_vertex_colors=asset.has_vertex_colors)
+                       has_texture=asset.has_texture, has_vertex_colors=asset.has_vertex_colors,
+                       zero_area_faces=asset.zero_area_faces)

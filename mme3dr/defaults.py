@@ -30,6 +30,19 @@ class Defaults:
     max_extent: float = 1e5
     #: Validation: more faces than this is refused (reason ``too_many_faces``); renders would take minutes.
     max_faces: int = 10_000_000
+    #: Validation: a face whose area is at most ``degenerate_area * L**2`` (L = the mesh's largest extent, so
+    #: ``degenerate_area`` in normalised units) is a zero-area face: dropped at load (and counted); a mesh with no
+    #: other face is refused (reason ``degenerate``). The geometry metric's ``degenerate_faces`` uses the same bound.
+    degenerate_area: float = 1e-10
+    #: Loading budget (one asset, in the loader process; :mod:`mme3dr.asset_worker`): wall-clock seconds (reason
+    #: ``timeout``) and memory the loader may take beyond its start-up size, as an address-space limit in MiB
+    #: (reason ``too_large``). A 10-million-face GLB loads in about 1.5 GiB.
+    asset_timeout_s: float = 120.0
+    asset_memory_mb: int = 3072
+    #: Loading budget, checked before parsing (reason ``too_large``): the largest asset file and companion file
+    #: (.bin, .mtl, texture) in MiB, and the most pixels of one texture (a decompression bomb declares billions).
+    max_file_mb: int = 1024
+    max_texture_pixels: int = 8192 * 8192
     #: Name of the per-run generation log (one JSON object per prompt).
     generations_file: str = "generations.jsonl"
     #: Name of the per-run validation log written by ``mme3dr validate``.

@@ -1,7 +1,11 @@
+import re
+from pathlib import Path
+
 import numpy as np
 import pytest
 import trimesh
 
+import hostile_corpus as H
 import make_assets as M
 from mme3dr.assets import REASONS, AssetError, check_asset, load_asset, up_axis_rotation
 
@@ -114,7 +118,15 @@ def test_each_validation_error_has_its_reason(tmp_path):
     with pytest.raises(AssetError) as info:
         load_asset(M.vertex_coloured_glb(tmp_path / "ok.glb"), max_faces=5)
     assert info.value.reason == "too_many_faces"
-    assert set(cases) | {"too_many_faces"} == set(REASONS)
+    # every reason code has a case: here, in the hostile corpus, or (timeout) in test_asset_safety.py
+    corpus = {c.reason for c in H.CASES} - {None, "generation_failed"}
+    assert set(cases) | {"too_many_faces"} | corpus | {"timeout"} == set(REASONS)
+
+
+def test_readme_documents_every_reason_code():
+    table = (Path(__file__).resolve().parents[1] / "README.md").read_text().split("Validation reason codes")[1]
+    documented = set(re.findall(r"^\| `(\w+)` \|", table.split("\n\n")[1], flags=re.M))
+    assert documented == set(REASONS) | {"generation_failed"}
 
 
 def test_gltf_missing_buffer_is_unreadable(tmp_path):

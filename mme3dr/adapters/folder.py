@@ -13,7 +13,8 @@ class FolderGenerator(Generator):
     """Pre-generated assets: ROOT/<prompt_id>.<ext> or ROOT/<prompt_id>/<one file>.<ext>.
 
     Extensions: .glb .gltf .obj .ply .off .stl. Files are used in place (an OBJ keeps its MTL and textures
-    beside it). Pass ``up_axis=y`` for y-up assets such as TRELLIS GLBs.
+    beside it). An asset that is a symlink leading out of the root is refused (nothing outside the root is read).
+    Pass ``up_axis=y`` for y-up assets such as TRELLIS GLBs.
     """
 
     def __init__(self, root: str, up_axis: str = DEFAULTS.up_axis) -> None:
@@ -39,4 +40,8 @@ class FolderGenerator(Generator):
         if len(found) > 1:
             raise ValueError(f"several assets for {request.prompt_id} in {self.root}: "
                              f"{', '.join(str(p.relative_to(self.root)) for p in found)}; keep exactly one")
+        target = found[0].resolve()
+        if not target.is_relative_to(self.root):
+            raise ValueError(f"the asset for {request.prompt_id}, {found[0]}, is a link to {target}, outside the "
+                             f"folder {self.root}; copy the file into the folder")
         return found[0]

@@ -2,7 +2,8 @@
 
 The asset is loaded with :func:`mme3dr.assets.load_asset` into the canonical frame (the adapter's declared up axis
 turned to +z, bounding box centred, largest extent 1; normalisation never rotates), so every length below is in
-*normalised units* (a fraction of the object's largest extent). All sub-meshes are concatenated, then vertices
+*normalised units* (a fraction of the object's largest extent); the loader has dropped its zero-area faces
+(see ``degenerate_faces``). All sub-meshes are concatenated, then vertices
 whose coordinates agree after rounding to ``merge_digits`` decimals (default 6: about 1e-6 normalised units) are
 merged, and faces that then use one vertex twice (collapsed to a point or a segment) are dropped: this is the
 *merged mesh*. ``tol`` below is ``contact_tol`` (default 0.01).
@@ -52,14 +53,18 @@ Values, with [direction; unit] (all are floats):
     support polygon: the distance to the nearest boundary edge, positive when inside, negative when outside.
     For a segment or point support it is minus the distance to that segment or point (never positive).
 ``degenerate_faces`` [lower; a fraction in [0, 1]]
-    Fraction of the faces of the concatenated mesh (before merging) whose area is at most ``degenerate_area``
-    (default 1e-10 squared normalised units): faces with a repeated vertex, collinear vertices or slivers.
+    Fraction of the faces of the file whose area is at most ``degenerate_area`` (default
+    ``DEFAULTS.degenerate_area``, 1e-10 squared normalised units): faces with a repeated vertex, collinear vertices
+    or slivers. The loader drops the faces at or below that bound (relative to the file's extent) and counts them
+    (``Asset.zero_area_faces``); they count here, with any face of the loaded mesh at or below ``degenerate_area``,
+    out of all the file's faces.
 ``aspect_ratio`` [direction "none": neither larger nor smaller is better; a ratio >= 1]
     Largest / smallest extent of the axis-aligned bounding box of the merged mesh in the canonical frame, the
     smallest extent being clamped below at ``min_extent`` (default 1e-3), so a flat sheet reports
     ``1 / min_extent`` (1000) rather than infinity.
 
-``details`` holds ``extents`` ([x, y, z] of the bounding box), ``n_faces`` (faces before merging), ``com``
+``details`` holds ``extents`` ([x, y, z] of the bounding box), ``n_faces`` (the file's faces, zero-area ones
+included), ``com``
 ([x, y, z] of the centre of mass used, canonical frame), ``com_kind`` ("volume" or "surface"), ``tilt_deg`` (the
 angle of the most nearly horizontal hull face below the object), ``settled`` (whether the object was turned onto
 that face), ``support`` ("polygon", "segment" or "point"), ``support_area`` (area of the support polygon, 0 for a
@@ -77,6 +82,7 @@ from scipy.sparse.csgraph import connected_components
 from scipy.spatial import ConvexHull, QhullError, cKDTree
 
 from mme3dr.assets import AssetError, load_asset
+from mme3dr.defaults import DEFAULTS
 from mme3dr.metrics.base import HIGHER, LOWER, NONE, MetricResult, PromptMetric, ScoreItem
 
 DOWN = np.array([0.0, 0.0, -1.0])
@@ -98,7 +104,8 @@ class GeometryMetric(PromptMetric):
     }
 
     def __init__(self, contact_tol: float = 0.01, min_margin: float = 0.01, max_tilt_deg: float = 10.0,
-                 merge_digits: int = 6, contact_samples: int = 100_000, degenerate_area: float = 1e-10,
+                 merge_digits: int = 6, contact_samples: int = 100_000,
+                 degenerate_area: float = DEFAULTS.degenerate_area,
                  min_extent: float = 1e-3, seed: int = 0) -> None:
         if contact_tol <= 0 or min_extent <= 0 or min_margin <= 0:
             raise ValueError(f"contact_tol ({contact_tol}), min_margin ({min_margin}) and min_extent "
@@ -122,7 +129,8 @@ class GeometryMetric(PromptMetric):
     def score(self, item: ScoreItem) -> MetricResult:
         if item.asset_path is None:
             raise ValueError(f"{item.prompt_id}: no asset to score")
-        raw = load_asset(item.asset_path, up_axis=item.up_axis).concatenated()
+        asset = load_asset(item.asset_path, up_axis=item.up_axis)
+        raw, dropped = asset.concatenated(), asset.zero_area_faces
         mesh = merged_mesh(raw, self.merge_digits)
         if not mesh.area > 0:
             raise AssetError("no_faces", "every face has zero area: the mesh is points or lines", item.asset_path)
@@ -141,10 +149,11 @@ class GeometryMetric(PromptMetric):
             "floating_area": float(area[floating].sum() / area.sum()),
             "stable": float(support == "polygon" and margin >= self.min_margin),
             "stability_margin": margin,
-            "degenerate_faces": float(np.mean(raw.area_faces <= self.degenerate_area)),
+            "degenerate_faces": float((dropped + np.sum(raw.area_faces <= self.degenerate_area))
+                                      / (dropped + len(raw.faces))),
             "aspect_ratio": float(extents.max() / max(extents.min(), self.min_extent)),
         }
-        details = {"extents": extents.tolist(), "n_faces": len(raw.faces), "com": com.tolist(),
+        details = {"extents": extents.tolist(), "n_faces": dropped + len(raw.faces), "com": com.tolist(),
                    "com_kind": com_kind, "tilt_deg": tilt, "settled": tilt <= self.max_tilt_deg,
                    "support": support, "support_area": support_area, "floating_parts": int(floating.sum())}
         return MetricResult(values=values, details=details)

@@ -144,6 +144,18 @@ def _fmt(metric: str, e: SetScore) -> str:
     return f"{e.value:.3f} at {e.value_objects} objects (all views {e.paper_value:.3f}), {counts}"
 
 
+def _hashable(path: Path) -> bool:
+    """A regular file within the loading budget's size (anything else fails to load; it is not hashed)."""
+    from mme3dr.asset_files import check_regular_file
+    from mme3dr.assets import AssetError
+
+    try:
+        check_regular_file(path)
+    except AssetError:
+        return False
+    return True
+
+
 def _items(run_dir: Path, preset: RenderPreset) -> list[tuple[ScoreItem, dict | None]]:
     """A ScoreItem per generated asset, with the render record of ``preset`` (None when not rendered)."""
     checklists = {r.id: r.checklist for r in load_benchmark()}
@@ -225,7 +237,7 @@ def score_run(run_dir: Path | str, metrics: Sequence[str], preset: RenderPreset,
         summary.scored[name], summary.skipped[name], summary.errors[name] = 0, 0, []
         for item, render in tqdm(items, desc=name, unit="prompt", disable=not progress):
             sha = (render or {}).get("asset_sha256")
-            if sha is None and metric.needs == "asset" and item.asset_path.is_file():
+            if sha is None and metric.needs == "asset" and _hashable(item.asset_path):
                 sha = file_sha256(item.asset_path)  # asset metrics need no render to be cached
             key = (item.prompt_id, name, chash, preset.hash if metric.needs == "renders" else None, sha)
             if sha is not None and key in done:

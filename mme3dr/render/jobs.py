@@ -15,6 +15,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
+from mme3dr.asset_files import check_regular_file
 from mme3dr.assets import AssetError, load_asset
 from mme3dr.defaults import DEFAULTS
 from mme3dr.jsonl import append_jsonl, read_jsonl, write_jsonl
@@ -74,9 +75,12 @@ def render_one(job: RenderJob, preset: RenderPreset, renderer, depth: bool = Fal
     """
     start = time.perf_counter()
     try:
+        check_regular_file(job.asset_path)  # before hashing: a FIFO would block, a huge file take long
         sha = sha or file_sha256(job.asset_path)
+    except AssetError as exc:
+        return RenderJobResult(job.key, False, job.folder, exc.message, exc.reason)
     except OSError as exc:
-        return RenderJobResult(job.key, False, job.folder, f"cannot read asset: {exc}", "missing")
+        return RenderJobResult(job.key, False, job.folder, f"cannot read asset: {exc}", "unreadable")
     if _up_to_date(job, preset, sha):
         return RenderJobResult(job.key, True, job.folder, skipped=True)
     try:
@@ -136,9 +140,10 @@ def run_jobs(jobs: Sequence[RenderJob], preset: RenderPreset, index: Path | None
     todo: list[tuple[RenderJob, str | None]] = []
     for job in jobs:  # up-to-date folders need no GL context at all
         try:
+            check_regular_file(job.asset_path)
             sha: str | None = file_sha256(job.asset_path)
-        except OSError:
-            sha = None  # render_one reports the unreadable file
+        except (AssetError, OSError):
+            sha = None  # render_one reports the file
         if sha is not None and _up_to_date(job, preset, sha):
             record(RenderJobResult(job.key, True, job.folder, skipped=True))
         else:

@@ -13,6 +13,7 @@ import os
 import json
 import math
 import shutil
+import stat
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -32,8 +33,13 @@ CONTACT_SHEET = "contact_sheet.png"
 
 
 def file_sha256(path: Path | str) -> str:
+    """sha256 of a regular file. Anything else (a FIFO, a device, a folder) raises ``OSError`` at once: it is
+    opened without blocking and checked before any read, so a FIFO never hangs the caller."""
     h = hashlib.sha256()
-    with open(path, "rb") as f:
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    with open(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(f"{path} is not a regular file")
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
