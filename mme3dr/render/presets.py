@@ -35,7 +35,8 @@ from mme3dr.render.lights import LIGHT_RIGS
 #: Version of the pixels the renderer makes from a preset (renderer.py, lights.py, the colour rules of
 #: mme3dr.assets). Part of every preset hash: bump it with any change that changes pixels.
 #: 1: studio-v1 headlight rig, pyrender's vertex-colour handling. 2: TRELLIS rig, one sRGB colour pipeline.
-RENDERER_VERSION = 2
+#: 3: lights summed and meshes drawn in the order they were added (the same pixels in every process).
+RENDERER_VERSION = 3
 BACKGROUNDS = {"transparent": (0.0, 0.0, 0.0, 0.0), "white": (1.0, 1.0, 1.0, 1.0), "black": (0.0, 0.0, 0.0, 1.0)}
 CAMERA_PROTOCOLS = ("hammersley", "yaw-elevation", "orbit", "file")
 SHADING = ("auto", "clay", "pyrender-default")
