@@ -77,6 +77,7 @@ from scipy.sparse.csgraph import connected_components
 from scipy.spatial import ConvexHull, QhullError, cKDTree
 
 from mme3dr.assets import AssetError, load_asset
+from mme3dr.errors import InputError
 from mme3dr.metrics.base import HIGHER, LOWER, NONE, MetricResult, PromptMetric, ScoreItem
 
 DOWN = np.array([0.0, 0.0, -1.0])
@@ -101,10 +102,10 @@ class GeometryMetric(PromptMetric):
                  merge_digits: int = 6, contact_samples: int = 100_000, degenerate_area: float = 1e-10,
                  min_extent: float = 1e-3, seed: int = 0) -> None:
         if contact_tol <= 0 or min_extent <= 0 or min_margin <= 0:
-            raise ValueError(f"contact_tol ({contact_tol}), min_margin ({min_margin}) and min_extent "
+            raise InputError(f"contact_tol ({contact_tol}), min_margin ({min_margin}) and min_extent "
                              f"({min_extent}) must be positive")
         if not 0 <= max_tilt_deg < 90:
-            raise ValueError(f"max_tilt_deg must be in [0, 90), got {max_tilt_deg}")
+            raise InputError(f"max_tilt_deg must be in [0, 90), got {max_tilt_deg}")
         self.contact_tol = contact_tol
         self.min_margin = min_margin
         self.max_tilt_deg = max_tilt_deg

@@ -35,6 +35,7 @@ import numpy as np
 import trimesh
 
 from mme3dr.assets import Asset, BaseColour, base_colour
+from mme3dr.errors import SetupError
 from mme3dr.render.backend import select_backend
 from mme3dr.render.cameras import CameraSet, look_at
 from mme3dr.render.lights import LIGHT_RIGS
@@ -81,7 +82,7 @@ def get_renderer(backend: str | None = None) -> Renderer:
         _shared = Renderer(backend)
         atexit.register(_release_shared)  # before interpreter teardown, when pyrender's __del__ would fail noisily
     elif backend is not None and select_backend(backend) != _shared.backend:
-        raise RuntimeError(f"this process renders with {_shared.backend}; cannot switch to {backend}")
+        raise SetupError(f"this process renders with {_shared.backend}; cannot switch to {backend}")
     return _shared
 
 
