@@ -50,6 +50,11 @@ class SetupError(Mme3drError, RuntimeError):
     """This machine or process lacks something the command needs (e.g. a headless OpenGL backend)."""
 
 
+class AdapterError(Mme3drError, RuntimeError):
+    """Code outside mme3dr (a plug-in model adapter, the factory given to the ``python`` model) raised while mme3dr
+    created the generator: not a bug of mme3dr; the message names the code and its error."""
+
+
 #: errno -> what it means for a run and what to do; the path is put in front.
 _OS_ADVICE = {
     errno.ENOSPC: "no space left on the device. Free some space (or write the run to another disk with --out) "

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from mme3dr.adapters.base import UP_AXES, GenerationRequest, GenerationResult, Generator, parse_up_axis
-from mme3dr.errors import InputError, ModelArgumentError
+from mme3dr.errors import AdapterError, InputError, ModelArgumentError, Mme3drError
 from mme3dr.registry import Registry, did_you_mean
 
 GENERATORS: Registry[Callable[..., Generator]] = Registry("model", entry_point_group="mme3dr.generators")
@@ -130,8 +130,19 @@ def coerce_model_args(name: str, args: Mapping[str, Any]) -> dict[str, Any]:
 
 def create_generator(name: str, **args: Any) -> Generator:
     """Instantiate the registered model ``name`` with ``args`` (checked and converted by
-    :func:`coerce_model_args`); bad names and values get a clear error before any work."""
-    generator = GENERATORS.get(name)(**coerce_model_args(name, args))
+    :func:`coerce_model_args`); bad names and values get a clear error before any work. A plug-in adapter that
+    raises anything but a :class:`~mme3dr.errors.Mme3drError` gets an :class:`~mme3dr.errors.AdapterError` naming
+    it (its own error, not a bug of mme3dr)."""
+    factory, args = GENERATORS.get(name), coerce_model_args(name, args)
+    try:
+        generator = factory(**args)
+    except Mme3drError:
+        raise
+    except Exception as exc:
+        if GENERATORS.origin(name) == "builtin":  # mme3dr's own adapters: a bug, shown as one
+            raise
+        raise AdapterError(f"model {name!r} ({GENERATORS.target_string(name)}) could not be created: "
+                           f"{type(exc).__name__}: {exc}") from exc
     if not isinstance(generator, Generator):
         raise ModelArgumentError(f"model {name!r} ({GENERATORS.target_string(name)}) returned "
                                  f"{type(generator).__name__}, not a mme3dr Generator")

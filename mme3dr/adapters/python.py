@@ -9,7 +9,7 @@ from typing import Any
 
 from mme3dr.adapters.base import Generator, parse_up_axis
 from mme3dr.defaults import DEFAULTS
-from mme3dr.errors import InputError, ModelArgumentError
+from mme3dr.errors import AdapterError, InputError, ModelArgumentError, Mme3drError
 from mme3dr.registry import import_target
 
 
@@ -43,7 +43,13 @@ def python_generator(factory: str | None = None, function: str | None = None,
         return obj
     if not callable(obj):
         raise ModelArgumentError(f"python model: {factory} is neither a Generator class nor a factory function")
-    generator = obj(**kwargs)
+    try:
+        generator = obj(**kwargs)
+    except Mme3drError:
+        raise
+    except Exception as exc:  # the user's code: its error is theirs to fix, not a bug of mme3dr
+        raise AdapterError(f"python model: {factory}({', '.join(f'{k}=...' for k in kwargs)}) raised "
+                           f"{type(exc).__name__}: {exc}") from exc
     if not isinstance(generator, Generator):
         kind = "class" if inspect.isclass(obj) else "factory"
         raise ModelArgumentError(f"python model: {kind} {factory} returned {type(generator).__name__}, not a "
