@@ -11,13 +11,15 @@ from enum import Enum
 from pathlib import Path
 from typing import Annotated, Optional
 
+import click
 import typer
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
 from mme3dr.defaults import DEFAULTS
-from mme3dr.errors import InputError, MissingInputError
+from mme3dr.errors import (EXIT_BUG, EXIT_USER_ERROR, InputError, MissingInputError, Mme3drError,
+                           describe_os_error)
 
 app = typer.Typer(help="MME-3DR benchmark toolkit: prompts, generator adapters, asset checks, renders.",
                   no_args_is_help=True, add_completion=False)
@@ -37,7 +39,7 @@ def friendly_errors(fn):
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
-        except typer.Exit:
+        except (typer.Exit, click.ClickException):  # click's own exits and usage errors
             raise
         except Exception as exc:  # noqa: BLE001 -- sorted into user errors and bugs below
             raise typer.Exit(report_error(exc)) from None
@@ -46,9 +48,7 @@ def friendly_errors(fn):
 
 def report_error(exc: Exception) -> int:
     """Print ``exc`` for the user and return the exit code (see :func:`friendly_errors`)."""
-    from mme3dr.errors import EXIT_BUG, EXIT_USER_ERROR, Mme3drError, describe_os_error
-
-    if isinstance(exc, (Mme3drError, ImportError)):
+    if isinstance(exc, (Mme3drError, ImportError)):  # ImportError: a missing optional dependency or plug-in
         message = str(exc)
     elif isinstance(exc, OSError):
         message = describe_os_error(exc)

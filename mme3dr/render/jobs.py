@@ -2,8 +2,8 @@
 
 A job renders one asset into its own folder. A folder whose ``render.json`` has the same preset hash and asset
 sha256, and whose files all have their recorded sizes, is up to date and skipped, so an interrupted command resumes
-where it stopped. A bad asset or camera file
-fails its job only: the error (with the asset reason code) goes to the index file and the rest goes on.
+where it stopped. A bad asset or camera file fails its job only: the error (with the asset reason code) goes to the
+index file and the rest goes on. A render that cannot be written (a full disk) stops the run.
 """
 
 from __future__ import annotations
