@@ -42,18 +42,11 @@ def is_temp_name(name: str) -> bool:
     return name.startswith(".") and (name.endswith(TEMP_SUFFIX) or _LEGACY_TEMP.match(name) is not None)
 
 
-def umask_mode(base: int) -> int:
-    """``base`` (0o666 for files, 0o777 for folders) less the process umask: the mode ``open``/``mkdir`` would give."""
-    mask = os.umask(0)
-    os.umask(mask)
-    return base & ~mask
-
-
 def make_temp_dir(final: Path) -> Path:
     """A new empty folder beside ``final`` with a :func:`temp_name`, to be renamed to ``final`` when complete."""
     final.parent.mkdir(parents=True, exist_ok=True)
     path = final.parent / temp_name(final.name)
-    path.mkdir(mode=umask_mode(0o777))
+    path.mkdir()  # the usual mode (the umask's), so renders can be shared and served like any other folder
     return path
 
 
@@ -66,13 +59,13 @@ def _write_all(fd: int, data: bytes) -> None:
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Replace ``path`` with ``data`` via a temporary file and ``os.replace``: readers see the old file or the new
-    one, never a half-written one; the file gets the usual permissions (:func:`umask_mode`). An ``OSError`` (disk
-    full) names ``path`` and leaves no temporary file."""
+    one, never a half-written one; the file gets the usual mode (0o666 less the umask, not ``tempfile``'s private
+    0o600), so reports can be shared. An ``OSError`` (disk full) names ``path`` and leaves no temporary file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.parent / temp_name(path.name)
     with naming(path):
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, umask_mode(0o666))
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
         try:
             try:
                 _write_all(fd, data)
@@ -152,7 +145,7 @@ def append_jsonl(path: Path, record: dict[str, Any]) -> None:
     data = (json.dumps(record, ensure_ascii=False, default=str) + "\n").encode("utf-8")
     repair_tail(path)
     with naming(path):
-        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, umask_mode(0o666))
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
         try:
             start = os.fstat(fd).st_size
             try:
