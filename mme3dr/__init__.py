@@ -17,6 +17,7 @@ _EXPORTS = {
     "GENERATORS": "mme3dr.adapters", "GenerationRequest": "mme3dr.adapters", "GenerationResult": "mme3dr.adapters",
     "Generator": "mme3dr.adapters", "ModelSpec": "mme3dr.adapters", "create_generator": "mme3dr.adapters",
     "Asset": "mme3dr.assets", "AssetError": "mme3dr.assets", "load_asset": "mme3dr.assets",
+    "Mme3drError": "mme3dr.errors",
     "Benchmark": "mme3dr.data", "BenchmarkFormatError": "mme3dr.data", "ChecklistItem": "mme3dr.data",
     "PromptRecord": "mme3dr.data", "load_benchmark": "mme3dr.data",
     "generate_run": "mme3dr.generation", "read_generations": "mme3dr.generation",
@@ -45,5 +46,6 @@ if TYPE_CHECKING:  # for type checkers and IDEs
     from mme3dr.assets import Asset, AssetError, load_asset
     from mme3dr.categories import CATEGORIES
     from mme3dr.data import Benchmark, BenchmarkFormatError, ChecklistItem, PromptRecord, load_benchmark
+    from mme3dr.errors import Mme3drError
     from mme3dr.generation import generate_run, read_generations
     from mme3dr.validation import validate_run

@@ -36,6 +36,7 @@ from PIL import Image
 
 from mme3dr.adapters.base import parse_up_axis
 from mme3dr.defaults import DEFAULTS
+from mme3dr.errors import Mme3drError
 
 if TYPE_CHECKING:
     from mme3dr.asset_worker import BudgetedWorker
@@ -64,7 +65,7 @@ REASONS: dict[str, str] = {
 }
 
 
-class AssetError(Exception):
+class AssetError(Mme3drError):
     """An asset failed to load or validate. ``reason`` is a key of :data:`REASONS`."""
 
     def __init__(self, reason: str, message: str, path: Path | str | None = None) -> None:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from mme3dr.errors import InputError
+
 
 @dataclass(frozen=True)
 class Category:
@@ -41,5 +43,5 @@ def resolve_category(name: str) -> str:
             return c.key
     from mme3dr.registry import did_you_mean
 
-    raise ValueError(f"unknown category {name!r}.{did_you_mean(norm, CATEGORIES)} "
+    raise InputError(f"unknown category {name!r}.{did_you_mean(norm, CATEGORIES)} "
                      f"Known categories: {', '.join(CATEGORIES)}.")

@@ -11,12 +11,15 @@ from enum import Enum
 from pathlib import Path
 from typing import Annotated, Optional
 
+import click
 import typer
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
 from mme3dr.defaults import DEFAULTS
+from mme3dr.errors import (EXIT_BUG, EXIT_USER_ERROR, InputError, MissingInputError, Mme3drError,
+                           describe_os_error)
 
 app = typer.Typer(help="MME-3DR benchmark toolkit: prompts, generator adapters, asset checks, renders.",
                   no_args_is_help=True, add_completion=False)
@@ -24,22 +27,45 @@ app = typer.Typer(help="MME-3DR benchmark toolkit: prompts, generator adapters, 
 out = Console(width=None if sys.stdout.isatty() else 100_000)
 err = Console(stderr=True, soft_wrap=True)
 
-USER_ERRORS = (ValueError, KeyError, TypeError, FileNotFoundError, ImportError, PermissionError, RuntimeError)
+#: Frames of a bug's traceback that are printed (the innermost ones).
+BUG_TRACEBACK_FRAMES = 8
 
 
 def friendly_errors(fn):
-    """Turn user errors (bad names, files, arguments) into one red line and exit code 2."""
+    """Report errors as :mod:`mme3dr.errors` says: a user-facing error (:class:`~mme3dr.errors.Mme3drError`, an
+    ``OSError`` such as a full disk, a missing dependency) as one red line and exit code 2; anything else as a bug:
+    a short traceback, a line asking to report it, and exit code 70."""
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
-        except typer.Exit:
+        except (typer.Exit, click.ClickException):  # click's own exits and usage errors
             raise
-        except USER_ERRORS as exc:
-            msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
-            err.print(f"[red]error:[/red] {escape(msg)}", highlight=False, markup=True)
-            raise typer.Exit(2) from None
+        except Exception as exc:  # noqa: BLE001 -- sorted into user errors and bugs below
+            raise typer.Exit(report_error(exc)) from None
     return wrapper
+
+
+def report_error(exc: Exception) -> int:
+    """Print ``exc`` for the user and return the exit code (see :func:`friendly_errors`)."""
+    if isinstance(exc, (Mme3drError, ImportError)):  # ImportError: a missing optional dependency or plug-in
+        message = str(exc)
+    elif isinstance(exc, OSError):
+        message = describe_os_error(exc)
+    else:
+        import traceback
+
+        from mme3dr import __version__
+
+        tb = "".join(traceback.format_exception(exc, limit=-BUG_TRACEBACK_FRAMES, chain=False))
+        err.print(f"[red]internal error (a bug in mme3dr {escape(__version__)}):[/red]", highlight=False)
+        err.print(tb.rstrip(), markup=False, highlight=False)
+        err.print(f"This is a bug in mme3dr {__version__}, not a problem with your input or files. Please report "
+                  f"it to the mme3dr maintainers with the command you ran and the lines above (Python "
+                  f"{sys.version.split()[0]} on {sys.platform}).", markup=False, highlight=False)
+        return EXIT_BUG
+    err.print(f"[red]error:[/red] {escape(message)}", highlight=False, markup=True)
+    return EXIT_USER_ERROR
 
 
 class PromptFormat(str, Enum):
@@ -221,10 +247,10 @@ def render(
             summary = render_run(target, p, cameras, workers, backend, depth, normals, progress)
     elif target.is_file():
         if out_dir is None:
-            raise ValueError("rendering one mesh needs --out DIR")
+            raise InputError("rendering one mesh needs --out DIR")
         summary = render_asset(target, out_dir, p, cameras, up_axis, backend, depth, normals)
     else:
-        raise FileNotFoundError(f"{target} is neither a run folder (with {D.generations_file}) nor a mesh file")
+        raise MissingInputError(f"{target} is neither a run folder (with {D.generations_file}) nor a mesh file")
     for line in summary.lines():
         err.print(line, highlight=False, markup=False, soft_wrap=True)
     if summary.failed and not (summary.rendered + summary.skipped):
@@ -379,7 +405,7 @@ def paper(
     from mme3dr.paper import markdown_table, published, run_notes, table4_with_runs
 
     if run and table != "4":
-        raise ValueError("--run compares with Table 4 only")
+        raise InputError("--run compares with Table 4 only")
     df = table4_with_runs(run, name, benchmark) if table == "4" else published(table)
     for r in run or []:
         for note in run_notes(r):
@@ -418,9 +444,12 @@ def references_build(
     """Render reference meshes with a preset into REF/<preset>-<hash>/ and record them in reference.json."""
     from mme3dr.render.references import build_references, category_counts
 
+    from mme3dr.runlock import run_lock
+
     p = _preset(preset)
-    summary = build_references(out_dir, p, meshes, toys4k, toys4k_csv, up_axis, workers, backend, progress,
-                               category_map)
+    with run_lock(out_dir):  # one writer; what a killed build left half-written is removed first
+        summary = build_references(out_dir, p, meshes, toys4k, toys4k_csv, up_axis, workers, backend, progress,
+                                   category_map)
     for line in [*summary.lines(), category_counts(out_dir / p.tag)]:
         err.print(line, highlight=False, markup=False, soft_wrap=True)
 

@@ -16,13 +16,14 @@ from pathlib import Path
 from typing import Any, overload
 
 from mme3dr.categories import CATEGORIES, CHECK_TYPES, resolve_category
+from mme3dr.errors import InputError, UnknownNameError
 
 PACKAGED_SOURCE = "mme3dr:data/mme3dr_249.jsonl"
 REQUIRED_FIELDS = ("id", "category", "prompt", "object_class", "source")
 CHECKLIST_RANGE = (3, 8)
 
 
-class BenchmarkFormatError(ValueError):
+class BenchmarkFormatError(InputError):
     """A prompt file or dataset does not follow the MME-3DR schema; the message names the bad row."""
 
 
@@ -126,7 +127,8 @@ class Benchmark(Sequence[PromptRecord]):
         except KeyError:
             from mme3dr.registry import did_you_mean
 
-            raise KeyError(f"no prompt {prompt_id!r} in {self.source}.{did_you_mean(prompt_id, self._by_id)}") from None
+            raise UnknownNameError(f"no prompt {prompt_id!r} in {self.source}."
+                                   f"{did_you_mean(prompt_id, self._by_id)}") from None
 
     def counts(self) -> Counter[str]:
         """Number of prompts per category key, in the paper's category order."""
@@ -257,6 +259,6 @@ def load_benchmark(categories: Iterable[str] | str | None = None, limit: int | N
         records = [r for r in records if r.category in wanted]
     if limit is not None:
         if limit < 1:
-            raise ValueError(f"limit must be >= 1, got {limit}")
+            raise InputError(f"limit must be >= 1, got {limit}")
         records = stratified_head(records, limit)
     return Benchmark(records, where)

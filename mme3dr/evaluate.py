@@ -3,7 +3,10 @@
 Every stage is content-addressed and skips finished work: generations by (model spec, prompt id, seed) -- the run
 folder holds one model spec and seed --, renders by (asset sha256, preset hash), scores by (metric config hash,
 preset hash, asset sha256). Records are appended with fsync and files replaced atomically, so after a crash (even
-SIGKILL) the same command continues where it stopped, and on a finished run it does no work.
+SIGKILL or a full disk) the same command continues where it stopped, and on a finished run it does no work: taking
+the run lock ends the generator programs and removes the temporary files a killed run left
+(:mod:`mme3dr.runlock`), each stage cuts a torn last line off its log (:func:`mme3dr.jsonl.repair_tail`), and a
+render with a damaged file is rendered again (:func:`mme3dr.render.output.render_intact`).
 """
 
 from __future__ import annotations

@@ -23,10 +23,11 @@ from mme3dr.adapters import GenerationRequest, GenerationResult, Generator, Mode
 from mme3dr.adapters.base import stops_the_run
 from mme3dr.data import PromptRecord
 from mme3dr.defaults import DEFAULTS
-from mme3dr.jsonl import append_jsonl, read_jsonl, write_jsonl
+from mme3dr.errors import InputError
+from mme3dr.jsonl import append_jsonl, read_jsonl, repair_tail, write_jsonl
 
 
-class RunConflictError(ValueError):
+class RunConflictError(InputError):
     """The run folder already holds generations made with another model spec or seed."""
 
 
@@ -125,14 +126,13 @@ def generate_run(generator: Generator, prompts: Sequence[PromptRecord], run_dir:
     run_dir.mkdir(parents=True, exist_ok=True)
     spec = model_spec or ModelSpec(f"{type(generator).__module__}:{type(generator).__qualname__}")
     log = run_dir / DEFAULTS.generations_file
+    repair_tail(log)  # a line torn by a crash is dropped (its prompt is generated again)
     previous = read_generations(run_dir)
     for rec in previous.values():
         if ModelSpec(rec.model["name"], rec.model.get("args", {})).key() != spec.key() or rec.seed != seed:
             raise RunConflictError(f"{run_dir} already holds generations of model {rec.model} with seed {rec.seed} "
                                    f"(prompt {rec.prompt_id}); this run is {spec.to_dict()} with seed {seed}. "
                                    "Use another --out folder.")
-    if log.exists():  # drop a line torn by a crash before appending to the log again
-        write_jsonl(log, [asdict(r) for r in previous.values()])
     done = {pid for pid, rec in previous.items()
             if (rec.ok and (asset := rec.resolved_asset(run_dir)) is not None and asset.is_file())
             or (not rec.ok and not retry_failed)}

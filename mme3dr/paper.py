@@ -12,7 +12,6 @@ The ``d_*`` columns are the run's value minus each published row's.
 
 from __future__ import annotations
 
-import json
 from importlib.resources import files
 from io import StringIO
 from pathlib import Path
@@ -22,8 +21,10 @@ import numpy as np
 import pandas as pd
 
 from mme3dr.defaults import DEFAULTS
+from mme3dr.errors import InputError, MissingInputError
 from mme3dr.jsonl import read_jsonl
 from mme3dr.metrics.set_scores import read_set_scores
+from mme3dr.runinfo import read_run_info
 
 TABLES = {"4": "table4_main.csv", "1": "table1_rewards.csv", "2": "table2_algorithms.csv",
           "5": "table5_hi_grpo_rewards.csv", "6": "table6_paradigms.csv"}
@@ -32,7 +33,7 @@ TABLE4_COLUMNS = ("clip_score", "kd_incep_x100", "kd_dinov2_x100", "fd_incep")
 
 def published(table: str = "4") -> pd.DataFrame:
     if table not in TABLES:
-        raise ValueError(f"no published table {table!r}; available: {', '.join(TABLES)}")
+        raise InputError(f"no published table {table!r}; available: {', '.join(TABLES)}")
     return pd.read_csv(StringIO(files("mme3dr").joinpath(f"data/paper/{TABLES[table]}").read_text()))
 
 
@@ -58,7 +59,7 @@ def run_numbers(run_dir: Path | str) -> dict[str, Any]:
 
 def _check_run(run_dir: Path) -> None:
     if not (run_dir / DEFAULTS.generations_file).is_file():
-        raise FileNotFoundError(f"{run_dir} is not a run folder (no {DEFAULTS.generations_file}); pass the --out folder "
+        raise MissingInputError(f"{run_dir} is not a run folder (no {DEFAULTS.generations_file}); pass the --out folder "
                                 "of `mme3dr evaluate` or `mme3dr generate`")
 
 
@@ -79,8 +80,7 @@ def run_notes(run_dir: Path | str) -> list[str]:
 
 def run_label(run_dir: Path | str) -> str:
     """The model name recorded in ``run.json`` (the folder name when there is none)."""
-    path = Path(run_dir) / "run.json"
-    info = json.loads(path.read_text()) if path.exists() else {}
+    info = read_run_info(run_dir)
     return info.get("model", {}).get("name") or Path(run_dir).name
 
 

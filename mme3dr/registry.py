@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from importlib.metadata import entry_points
 from typing import Generic, TypeVar
 
+from mme3dr.errors import InputError, UnknownNameError
+
 T = TypeVar("T")
 
 
@@ -31,7 +33,7 @@ def import_target(target: str) -> object:
     """Import ``"package.module:attr"`` (``attr`` may be dotted) and return the attribute."""
     module_name, sep, attr = target.partition(":")
     if not sep or not module_name or not attr:
-        raise ValueError(f"expected 'package.module:attr', got {target!r}")
+        raise InputError(f"expected 'package.module:attr', got {target!r}")
     try:
         obj: object = importlib.import_module(module_name)
     except ImportError as exc:
@@ -74,7 +76,7 @@ class Registry(Generic[T]):
                 return obj
             return decorator
         if name in self._entries and not overwrite:
-            raise ValueError(f"{self.kind} {name!r} is already registered "
+            raise InputError(f"{self.kind} {name!r} is already registered "
                              f"({self._entries[name].origin}); pass overwrite=True to replace it")
         self._entries[name] = _Entry(target, origin)
         return None
@@ -107,8 +109,8 @@ class Registry(Generic[T]):
         try:
             return self._entries[name]
         except KeyError:
-            raise KeyError(f"unknown {self.kind} {name!r}.{did_you_mean(name, self._entries)} "
-                           f"Registered: {', '.join(sorted(self._entries)) or '(none)'}.") from None
+            raise UnknownNameError(f"unknown {self.kind} {name!r}.{did_you_mean(name, self._entries)} "
+                                   f"Registered: {', '.join(sorted(self._entries)) or '(none)'}.") from None
 
     def describe(self, name: str) -> str:
         """First line of the entry's docstring as plain text, read from its source file without importing it

@@ -12,7 +12,7 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
-from mme3dr.jsonl import atomic_write_text
+from mme3dr.jsonl import atomic_write_text, read_json
 
 RUN_FILE = "run.json"
 PACKAGES = ("mme3dr", "torch", "torchvision", "trimesh", "pyrender-maintained", "PyOpenGL", "open_clip_torch",
@@ -53,10 +53,19 @@ def hardware() -> dict[str, Any]:
     return info
 
 
+def read_run_info(run_dir: Path | str) -> dict[str, Any]:
+    """``RUN/run.json`` ({} when there is none); a damaged file is an error naming it."""
+    path = Path(run_dir) / RUN_FILE
+    if not path.exists():
+        return {}
+    return read_json(path, "delete it: the next `mme3dr evaluate` on this run writes a new one (the prompts, model, "
+                           "preset and metrics it records are those of that command)")
+
+
 def update_run_info(run_dir: Path | str, **fields: Any) -> dict[str, Any]:
     """Merge ``fields`` into ``RUN/run.json`` (nested dicts are merged one level deep) and return it."""
     path = Path(run_dir) / RUN_FILE
-    info = json.loads(path.read_text()) if path.exists() else {}
+    info = read_run_info(run_dir)
     if not info:
         from mme3dr import __version__
 

@@ -8,6 +8,7 @@ from tqdm.auto import tqdm
 
 from mme3dr.assets import AssetReport, check_asset
 from mme3dr.defaults import DEFAULTS
+from mme3dr.errors import MissingInputError
 from mme3dr.generation import read_generations
 from mme3dr.jsonl import write_jsonl
 
@@ -21,7 +22,7 @@ def validate_run(run_dir: Path | str, progress: bool = True) -> list[AssetReport
     run_dir = Path(run_dir)
     records = read_generations(run_dir)
     if not records:
-        raise FileNotFoundError(f"{run_dir / DEFAULTS.generations_file} is missing or empty; "
+        raise MissingInputError(f"{run_dir / DEFAULTS.generations_file} is missing or empty; "
                                 "run `mme3dr generate ... --out RUN` first")
     reports = []
     for rec in tqdm(records.values(), desc="validate", unit="asset", disable=not progress):

@@ -22,6 +22,7 @@ import trimesh
 from scipy import ndimage
 
 from mme3dr.adapters.base import GenerationRequest, GenerationResult, Generator, check_device
+from mme3dr.errors import InputError
 from mme3dr.metrics.weights import MissingWeightsError
 from reference_policy.evaluate import TEMPERATURE, TOP_K
 from reference_policy.policy import ReferencePolicy, Rollout
@@ -58,9 +59,9 @@ class ReferenceGenerator(Generator):
     def __init__(self, checkpoint: str | None = None, device: str = "cpu", temperature: float = TEMPERATURE,
                  top_k: int = TOP_K, batch_size: int = 32) -> None:
         if temperature <= 0:
-            raise ValueError(f"reference model: temperature must be > 0, got {temperature}")
+            raise InputError(f"reference model: temperature must be > 0, got {temperature}")
         if top_k < 0 or batch_size < 1:
-            raise ValueError(f"reference model: top_k must be >= 0 (0 = no truncation) and batch_size >= 1, got "
+            raise InputError(f"reference model: top_k must be >= 0 (0 = no truncation) and batch_size >= 1, got "
                              f"top_k={top_k}, batch_size={batch_size}")
         self.checkpoint = Path(checkpoint).expanduser() if checkpoint else CHECKPOINT
         self.device = check_device(device)

@@ -35,6 +35,7 @@ import torch
 import trimesh
 
 from mme3dr.adapters.base import GenerationRequest, GenerationResult, Generator, check_device
+from mme3dr.errors import InputError
 from mme3dr.metrics.weights import MissingWeightsError, missing_message, resolve_local
 from mme3dr.registry import import_target
 from reference_policy.shapellm_vqvae import (CODEBOOK_SIZE, N_TOKENS, ShapeVQVAE, find_vqvae, load_vqvae,
@@ -98,9 +99,9 @@ class ReleasedMeshLLM(Generator):
                  max_new_tokens: int = 2048, temperature: float = 0.7, top_p: float = 0.7, top_k: int = 8192,
                  texturer: str | None = None, prompt_template: str = PROMPT_TEMPLATE, pad_short: bool = False) -> None:
         if model is None and self.default_model is None:
-            raise ValueError("pass --model-arg model=PATH_OR_HUB_ID (the mesh-token checkpoint)")
+            raise InputError("pass --model-arg model=PATH_OR_HUB_ID (the mesh-token checkpoint)")
         if temperature <= 0 or not 0 < top_p <= 1 or top_k < 1 or max_new_tokens < 1:
-            raise ValueError(f"sampling settings out of range: temperature {temperature} (> 0), top_p {top_p} "
+            raise InputError(f"sampling settings out of range: temperature {temperature} (> 0), top_p {top_p} "
                              f"(0, 1], top_k {top_k} (>= 1), max_new_tokens {max_new_tokens} (>= 1)")
         self.model = model or self.default_model
         self.vqvae_path = vqvae
@@ -156,7 +157,7 @@ class ReleasedMeshLLM(Generator):
         missing = [t for t in (MESH_START, "<mesh0>", f"<mesh{CODEBOOK_SIZE - 1}>", MESH_END)
                    if processor.tokenizer.convert_tokens_to_ids(t) in (None, processor.tokenizer.unk_token_id)]
         if missing:
-            raise ValueError(f"{self.model} has no mesh tokens ({', '.join(missing)}): not a mesh-token checkpoint")
+            raise InputError(f"{self.model} has no mesh tokens ({', '.join(missing)}): not a mesh-token checkpoint")
         self._vqvae = self._vqvae or load_vqvae(self.vqvae_path, self.device)
         self._processor, self._net = processor, net.to(self.device).eval()
 

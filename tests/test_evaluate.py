@@ -77,31 +77,84 @@ def _cli_evaluate(folder, run, script):
             "--limit", str(LIMIT), "--resolution", "48", "--out", str(run), "--no-progress"]
 
 
-def test_sigkill_mid_run_then_resume_equals_an_uninterrupted_run(assets, tmp_path):
-    folder, ids = assets
-    script = tmp_path / "slow_copy.py"  # a slow generator: copies the prepared mesh, or fails when there is none
-    script.write_text(textwrap.dedent("""
-        import shutil, sys, time
-        src, pid, out = sys.argv[1:]
-        time.sleep(0.4)
-        shutil.copy(f"{src}/{pid}.glb", out)
-    """))
+SLOW_COPY = textwrap.dedent("""
+    import os, shutil, sys, time
+    src, pid, out, pids = sys.argv[1:]
+    open(os.path.join(pids, str(os.getpid())), "w").close()
+    time.sleep(0.4)
+    shutil.copy(f"{src}/{pid}.glb", out)
+""")  # a slow generator that records its pid: copies the prepared mesh, or fails when there is none
+
+
+def _cli_evaluate(folder, run, script, pids):
+    return [sys.executable, "-m", "mme3dr.cli", "evaluate", "--model", "command", "--model-arg",
+            f"cmd={sys.executable} {script} {folder} {{prompt_id}} {{output}} {pids}", "--metrics", "geometry",
+            "--limit", str(LIMIT), "--resolution", "48", "--out", str(run), "--no-progress"]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(assets, tmp_path_factory):
+    """The CLI evaluate of the slow command generator, run once without interruption."""
+    folder, _ = assets
+    base = tmp_path_factory.mktemp("uninterrupted")
+    (base / "slow_copy.py").write_text(SLOW_COPY)
+    (base / "pids").mkdir()
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    full, killed = tmp_path / "FULL", tmp_path / "KILLED"
-    subprocess.run(_cli_evaluate(folder, full, script), check=True, env=env, capture_output=True, timeout=300)
-    proc = subprocess.Popen(_cli_evaluate(folder, killed, script), env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, start_new_session=True)
-    log = killed / "generations.jsonl"
-    deadline = time.time() + 120
-    while time.time() < deadline and (not log.exists() or len(log.read_text().splitlines()) < 3):
-        time.sleep(0.05)
-    os.killpg(proc.pid, signal.SIGKILL)
+    subprocess.run(_cli_evaluate(folder, base / "FULL", base / "slow_copy.py", base / "pids"), check=True, env=env,
+                   capture_output=True, timeout=600)
+    return base / "FULL", base / "slow_copy.py"
+
+
+def _running(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat[stat.rindex(")") + 2] != "Z"
+
+
+#: When to SIGKILL mme3dr: a condition on the run folder, polled; the kill lands at that moment or a little later.
+MOMENTS = {
+    "generate": lambda run: (run / "generations.jsonl").exists() and
+    len((run / "generations.jsonl").read_text().splitlines()) >= 3,
+    "render": lambda run: (run / "renders").exists() and any((run / "renders").rglob("*.png")),
+    "score": lambda run: (run / "scores.jsonl").exists(),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("moment", list(MOMENTS))
+def test_sigkill_mid_run_then_resume_equals_an_uninterrupted_run(assets, uninterrupted, moment, tmp_path):
+    """SIGKILL of mme3dr alone (as the OOM killer or a scheduler would), not of its process group: the generator
+    program dies with it, and the same command then finishes with the uninterrupted run's results, with no manual
+    step; a third call does no work."""
+    folder, ids = assets
+    full, script = uninterrupted
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    killed, pids = tmp_path / "KILLED", tmp_path / "pids"
+    pids.mkdir()
+    proc = subprocess.Popen(_cli_evaluate(folder, killed, script, pids), env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None and not MOMENTS[moment](killed):
+        time.sleep(0.01)
+    assert proc.poll() is None, "the run ended before the moment to kill it"
+    proc.kill()
     proc.wait()
-    n_before = len(log.read_text().splitlines())
-    assert 3 <= n_before < LIMIT  # killed in the middle of the generation stage
-    res = subprocess.run(_cli_evaluate(folder, killed, script), env=env, capture_output=True, text=True, timeout=300)
+    log = killed / "generations.jsonl"
+    n_before = len(log.read_text().splitlines()) if log.exists() else 0
+    if moment == "generate":
+        assert 3 <= n_before < LIMIT  # killed in the middle of the generation stage
+    if sys.platform.startswith("linux"):  # the generator programs died with mme3dr
+        generators = [int(p.name) for p in pids.iterdir()]
+        while time.time() < deadline and any(_running(p) for p in generators):
+            time.sleep(0.01)
+        assert not any(_running(p) for p in generators)
+    res = subprocess.run(_cli_evaluate(folder, killed, script, pids), env=env, capture_output=True, text=True,
+                         timeout=600)
     assert res.returncode == 0, res.stderr
-    assert f"{LIMIT - n_before} generated" in res.stderr or f"{LIMIT - n_before - 1} generated" in res.stderr
+    if moment == "generate":
+        assert f"{LIMIT - n_before} generated" in res.stderr or f"{LIMIT - n_before - 1} generated" in res.stderr
 
     def scores(run):
         rows = [json.loads(l) for l in (run / "scores.jsonl").read_text().splitlines()]
@@ -111,9 +164,14 @@ def test_sigkill_mid_run_then_resume_equals_an_uninterrupted_run(assets, tmp_pat
 
     assert scores(killed) == scores(full) and len(scores(full)) == LIMIT - 1
     assert (killed / "report" / "leaderboard.csv").read_text() == (full / "report" / "leaderboard.csv").read_text()
+    views = sorted(p.relative_to(full) for p in (full / "renders").rglob("[0-9][0-9][0-9].png"))
+    assert views == sorted(p.relative_to(killed) for p in (killed / "renders").rglob("[0-9][0-9][0-9].png"))
+    assert all((full / v).read_bytes() == (killed / v).read_bytes() for v in views)  # the same pixels
     gens = [json.loads(l) for l in (killed / "generations.jsonl").read_text().splitlines()]
     assert sorted(g["prompt_id"] for g in gens) == sorted(ids)
-    again = subprocess.run(_cli_evaluate(folder, killed, script), env=env, capture_output=True, text=True, timeout=300)
+    assert not [p for p in killed.rglob("*") if ".mme3dr-tmp" in p.name]  # no temporary left behind
+    again = subprocess.run(_cli_evaluate(folder, killed, script, pids), env=env, capture_output=True, text=True,
+                           timeout=600)
     assert "0 generated, 0 failed" in again.stderr and "0 rendered" in again.stderr and "0 scored" in again.stderr
 
 

@@ -1,6 +1,10 @@
 """Rendering with pyrender (EGL or OSMesa, headless). Small resolutions keep it quick on a CPU."""
 
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -127,6 +131,28 @@ def test_render_twice_gives_identical_pixels(renderer, tmp_path):
     b = renderer.render(asset, small(), depth=True)
     np.testing.assert_array_equal(a.rgba, b.rgba)
     np.testing.assert_array_equal(a.depth, b.depth)
+
+
+@pytest.mark.slow
+def test_two_processes_render_identical_pixels(tmp_path):
+    """The same mesh rendered by two fresh processes (different hash seeds, so pyrender's node sets would iterate in
+    different orders): every PNG of the full canonical preset has byte-identical pixels."""
+    mesh = trimesh.creation.icosphere(subdivisions=3)
+    mesh.visual.vertex_colors = np.tile([200, 120, 40, 255], (len(mesh.vertices), 1))
+    mesh.export(tmp_path / "ico.glb")
+    repo = Path(__file__).resolve().parents[1]
+    for seed in ("1", "2"):
+        env = {**os.environ, "PYTHONHASHSEED": seed, "PYTHONPATH": os.pathsep.join(
+            [str(repo), os.environ.get("PYTHONPATH", "")])}
+        res = subprocess.run([sys.executable, "-m", "mme3dr.cli", "render", str(tmp_path / "ico.glb"), "--out",
+                              str(tmp_path / seed), "--no-progress"], env=env, capture_output=True, text=True,
+                             timeout=600)
+        assert res.returncode == 0, res.stderr
+    names = sorted(p.name for p in (tmp_path / "1").glob("[0-9][0-9][0-9].png"))
+    assert len(names) == 24
+    differing = [n for n in names if not np.array_equal(np.asarray(Image.open(tmp_path / "1" / n)),
+                                                        np.asarray(Image.open(tmp_path / "2" / n)))]
+    assert differing == []
 
 
 def test_backgrounds(renderer, tmp_path):

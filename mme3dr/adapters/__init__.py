@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from mme3dr.adapters.base import UP_AXES, GenerationRequest, GenerationResult, Generator, parse_up_axis
+from mme3dr.errors import AdapterError, InputError, ModelArgumentError, Mme3drError
 from mme3dr.registry import Registry, did_you_mean
 
 GENERATORS: Registry[Callable[..., Generator]] = Registry("model", entry_point_group="mme3dr.generators")
@@ -65,7 +66,7 @@ def parse_model_args(pairs: Iterable[str]) -> dict[str, str]:
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep or not key.strip():
-            raise ValueError(f"--model-arg {pair!r} must look like key=value")
+            raise InputError(f"--model-arg {pair!r} must look like key=value")
         args[key.strip()] = value
     return args
 
@@ -92,7 +93,7 @@ def _convert(name: str, key: str, text: str, annotation: Any) -> Any:
             return kind(text)
         except ValueError:
             pass
-    raise ValueError(f"model {name!r}: --model-arg {key}={text!r}: {key} takes {_KINDS[kind]}")
+    raise InputError(f"model {name!r}: --model-arg {key}={text!r}: {key} takes {_KINDS[kind]}")
 
 
 def _signature(factory: Any) -> tuple[inspect.Signature | None, dict[str, Any]]:
@@ -121,18 +122,30 @@ def coerce_model_args(name: str, args: Mapping[str, Any]) -> dict[str, Any]:
     takes_more = any(v.kind is inspect.Parameter.VAR_KEYWORD for v in sig.parameters.values())
     unknown = [a for a in args if a not in params]
     if unknown and not takes_more:
-        raise TypeError(f"model {name!r} has no argument {unknown[0]!r}.{did_you_mean(unknown[0], params)} "
-                        f"It takes: {', '.join(params) or '(no arguments)'} (pass them as --model-arg key=value).")
+        raise ModelArgumentError(f"model {name!r} has no argument {unknown[0]!r}.{did_you_mean(unknown[0], params)} "
+                                 f"It takes: {', '.join(params) or '(no arguments)'} (pass them as --model-arg "
+                                 "key=value).")
     return {k: _convert(name, k, v, hints.get(k, Any)) if isinstance(v, str) else v for k, v in args.items()}
 
 
 def create_generator(name: str, **args: Any) -> Generator:
     """Instantiate the registered model ``name`` with ``args`` (checked and converted by
-    :func:`coerce_model_args`); bad names and values get a clear error before any work."""
-    generator = GENERATORS.get(name)(**coerce_model_args(name, args))
+    :func:`coerce_model_args`); bad names and values get a clear error before any work. A plug-in adapter that
+    raises anything but a :class:`~mme3dr.errors.Mme3drError` gets an :class:`~mme3dr.errors.AdapterError` naming
+    it (its own error, not a bug of mme3dr)."""
+    factory, args = GENERATORS.get(name), coerce_model_args(name, args)
+    try:
+        generator = factory(**args)
+    except Mme3drError:
+        raise
+    except Exception as exc:
+        if GENERATORS.origin(name) == "builtin":  # mme3dr's own adapters: a bug, shown as one
+            raise
+        raise AdapterError(f"model {name!r} ({GENERATORS.target_string(name)}) could not be created: "
+                           f"{type(exc).__name__}: {exc}") from exc
     if not isinstance(generator, Generator):
-        raise TypeError(f"model {name!r} ({GENERATORS.target_string(name)}) returned "
-                        f"{type(generator).__name__}, not a mme3dr Generator")
+        raise ModelArgumentError(f"model {name!r} ({GENERATORS.target_string(name)}) returned "
+                                 f"{type(generator).__name__}, not a mme3dr Generator")
     return generator
 
 

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from mme3dr.defaults import DEFAULTS
+from mme3dr.errors import InputError, stops_every_write
 
 UP_AXES = ("+x", "-x", "+y", "-y", "+z", "-z")
 
@@ -26,7 +27,7 @@ def parse_up_axis(axis: str) -> str:
     a = axis.strip().lower()
     a = a if a[:1] in "+-" else "+" + a
     if a not in UP_AXES:
-        raise ValueError(f"up axis {axis!r} is not one of {', '.join(UP_AXES)} (a bare 'y' means '+y')")
+        raise InputError(f"up axis {axis!r} is not one of {', '.join(UP_AXES)} (a bare 'y' means '+y')")
     return a
 
 
@@ -38,24 +39,25 @@ def check_device(device: str) -> str:
     try:
         dev = torch.device(device)
     except (RuntimeError, TypeError) as exc:
-        raise ValueError(f"device {device!r} is not a torch device (use cpu, cuda or cuda:N): {exc}") from None
+        raise InputError(f"device {device!r} is not a torch device (use cpu, cuda or cuda:N): {exc}") from None
     if dev.type == "cuda":
         n = torch.cuda.device_count() if torch.cuda.is_available() else 0
         if n == 0:
-            raise ValueError(f"device {device!r}: no CUDA GPU is visible on this machine; use device=cpu")
+            raise InputError(f"device {device!r}: no CUDA GPU is visible on this machine; use device=cpu")
         if dev.index is not None and dev.index >= n:
-            raise ValueError(f"device {device!r}: only {n} CUDA GPU(s) visible (cuda:0 ... cuda:{n - 1})")
+            raise InputError(f"device {device!r}: only {n} CUDA GPU(s) visible (cuda:0 ... cuda:{n - 1})")
     elif dev.type == "mps" and not torch.backends.mps.is_available():
-        raise ValueError(f"device {device!r}: MPS is not available here; use device=cpu")
+        raise InputError(f"device {device!r}: MPS is not available here; use device=cpu")
     return device
 
 
 def stops_the_run(exc: BaseException) -> bool:
-    """True for :class:`~mme3dr.metrics.weights.MissingWeightsError`: without its weights a generator fails every
-    prompt alike, so the error (with its advice text) ends the run instead of being recorded per prompt."""
+    """True for :class:`~mme3dr.metrics.weights.MissingWeightsError` and for a full disk or a read-only file system
+    (:func:`mme3dr.errors.stops_every_write`): every prompt would fail alike, so the error (with its advice text)
+    ends the run instead of being recorded per prompt."""
     from mme3dr.metrics.weights import MissingWeightsError  # lazy: mme3dr.metrics imports torch
 
-    return isinstance(exc, MissingWeightsError)
+    return isinstance(exc, MissingWeightsError) or stops_every_write(exc)
 
 
 @dataclass(frozen=True)

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import os
 import shlex
 import shutil
-import signal
 import string
 import subprocess
 import tempfile
@@ -15,6 +13,8 @@ from pathlib import Path
 from mme3dr.adapters.base import GenerationRequest, GenerationResult, Generator, parse_up_axis
 from mme3dr.assets import ASSET_SUFFIXES
 from mme3dr.defaults import DEFAULTS
+from mme3dr.errors import InputError, MissingInputError, naming, stops_every_write
+from mme3dr.processes import child_process, kill_group
 
 PLACEHOLDERS = {
     "prompt": "the prompt text (one argv element, spaces kept)",
@@ -33,7 +33,9 @@ class CommandGenerator(Generator):
 
     The template is split like a shell would (``shlex``) but run without a shell; each prompt gets a fresh
     folder, a timeout (``timeout`` seconds, then the whole process group is killed) and a ``command.log``
-    with the argv, stdout, stderr and exit status.
+    with the argv, stdout, stderr and exit status. The program never outlives the prompt: what is left of its
+    process group when it exits is killed, and if mme3dr itself dies the program goes with it
+    (:func:`mme3dr.processes.child_process`).
     """
 
     def __init__(self, cmd: str, timeout: float = DEFAULTS.command_timeout_s,
@@ -41,22 +43,22 @@ class CommandGenerator(Generator):
                  cwd: str | None = None) -> None:
         self.template = shlex.split(cmd)
         if not self.template:
-            raise ValueError("command model: --model-arg cmd='PROGRAM ARGS...' is empty")
+            raise InputError("command model: --model-arg cmd='PROGRAM ARGS...' is empty")
         used = {f for arg in self.template for _, f, _, _ in string.Formatter().parse(arg) if f is not None}
         unknown = used - set(PLACEHOLDERS)
         if unknown:
-            raise ValueError(f"command model: unknown placeholder(s) {sorted(unknown)} in cmd; known: "
+            raise InputError(f"command model: unknown placeholder(s) {sorted(unknown)} in cmd; known: "
                              + "; ".join(f"{{{k}}} = {v}" for k, v in PLACEHOLDERS.items())
                              + " (write {{ and }} for literal braces)")
         if not used & {"output", "output_dir"}:
-            raise ValueError("command model: cmd must contain {output} (the file to write) or {output_dir}")
+            raise InputError("command model: cmd must contain {output} (the file to write) or {output_dir}")
         if shutil.which(self.template[0], path=None) is None and not Path(self.template[0]).is_file():
-            raise FileNotFoundError(f"command model: program {self.template[0]!r} not found on PATH")
+            raise MissingInputError(f"command model: program {self.template[0]!r} not found on PATH")
         self.ext = ext.lstrip(".").lower()
         if f".{self.ext}" not in ASSET_SUFFIXES:
-            raise ValueError(f"command model: ext {ext!r} is not one of {', '.join(ASSET_SUFFIXES)}")
+            raise InputError(f"command model: ext {ext!r} is not one of {', '.join(ASSET_SUFFIXES)}")
         if timeout <= 0:
-            raise ValueError(f"command model: timeout must be > 0 seconds, got {timeout}")
+            raise InputError(f"command model: timeout must be > 0 seconds, got {timeout}")
         self.timeout = float(timeout)
         self.up_axis = parse_up_axis(up_axis)
         self.cwd = cwd
@@ -72,7 +74,8 @@ class CommandGenerator(Generator):
 
     def generate_one(self, request: GenerationRequest) -> GenerationResult:
         out_dir = request.output_dir.resolve()
-        (out_dir / "prompt.txt").write_text(request.prompt, encoding="utf-8")
+        with naming(out_dir / "prompt.txt"):
+            (out_dir / "prompt.txt").write_text(request.prompt, encoding="utf-8")
         argv = self.argv(request)
         log_path = out_dir / LOG_NAME
         meta = {"argv": argv, "log": str(log_path)}
@@ -80,16 +83,17 @@ class CommandGenerator(Generator):
         timed_out = False
         with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
             try:
-                proc = subprocess.Popen(argv, stdout=out, stderr=err, stdin=subprocess.DEVNULL, cwd=self.cwd,
-                                        start_new_session=True)
+                with child_process(argv, cwd=self.cwd, stdout=out, stderr=err) as proc:
+                    try:
+                        returncode = proc.wait(timeout=self.timeout)
+                    except subprocess.TimeoutExpired:
+                        timed_out = True
+                        kill_group(proc.pid)
+                        returncode = proc.wait()
             except OSError as exc:
+                if stops_every_write(exc):  # e.g. the run's disk is full: every prompt would fail alike
+                    raise
                 return GenerationResult.failure(request, f"cannot start {argv[0]!r}: {exc}", **meta)
-            try:
-                returncode = proc.wait(timeout=self.timeout)
-            except subprocess.TimeoutExpired:
-                timed_out = True
-                _kill_group(proc)
-                returncode = proc.wait()
             seconds = time.perf_counter() - start
             out.seek(0)
             err.seek(0)
@@ -121,17 +125,11 @@ class CommandGenerator(Generator):
         return found[0]
 
 
-def _kill_group(proc: subprocess.Popen) -> None:
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-
-
 def _write_log(path: Path, argv: list[str], stdout: bytes, stderr: bytes, returncode: int, seconds: float,
                timed_out: bool, timeout: float) -> None:
     status = f"killed after timeout of {timeout:g} s" if timed_out else f"exit status {returncode}"
     text = (f"$ {shlex.join(argv)}\n# {status}, {seconds:.2f} s\n"
             f"----- stdout -----\n{stdout.decode('utf-8', 'replace')}\n"
             f"----- stderr -----\n{stderr.decode('utf-8', 'replace')}\n")
-    path.write_text(text, encoding="utf-8")
+    with naming(path):
+        path.write_text(text, encoding="utf-8")

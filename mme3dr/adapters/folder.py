@@ -7,6 +7,7 @@ from pathlib import Path
 from mme3dr.adapters.base import GenerationRequest, Generator, parse_up_axis
 from mme3dr.assets import ASSET_SUFFIXES
 from mme3dr.defaults import DEFAULTS
+from mme3dr.errors import MissingInputError
 
 
 class FolderGenerator(Generator):
@@ -20,7 +21,7 @@ class FolderGenerator(Generator):
     def __init__(self, root: str, up_axis: str = DEFAULTS.up_axis) -> None:
         self.root = Path(root).expanduser().resolve()
         if not self.root.is_dir():
-            raise FileNotFoundError(f"folder model: root {self.root} is not a directory "
+            raise MissingInputError(f"folder model: root {self.root} is not a directory "
                                     "(pass --model-arg root=PATH to the folder of generated assets)")
         self.up_axis = parse_up_axis(up_axis)
 

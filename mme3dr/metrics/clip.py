@@ -21,6 +21,7 @@ import torch
 from PIL import Image
 
 from mme3dr.defaults import DEFAULTS
+from mme3dr.errors import InputError
 from mme3dr.metrics.base import HIGHER, MetricResult, PromptMetric, ScoreItem
 from mme3dr.metrics.weights import MissingWeightsError, local_candidates, missing_message, resolve_local
 
@@ -63,7 +64,7 @@ class ClipModel:
 
         self.model_name, self.device, self.batch_size = model, device or default_device(), batch_size
         if model not in open_clip.list_models() and not model.startswith("hf-hub:"):
-            raise ValueError(f"open_clip has no model {model!r}; see open_clip.list_models()")
+            raise InputError(f"open_clip has no model {model!r}; see open_clip.list_models()")
         local = _local_checkpoint(model, pretrained, weights)
         self.pretrained = str(local) if local is not None else pretrained
         try:

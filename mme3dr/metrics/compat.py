@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from mme3dr.errors import InputError
 from mme3dr.metrics.base import HIGHER, MetricResult, PromptMetric, ScoreItem
 from mme3dr.metrics.clip import ClipModel
 from mme3dr.metrics.features import DinoV2Features
@@ -82,7 +83,7 @@ class Ar3dCompatKD(PromptMetric):
         self.reference = Path(reference)
         self.dinov2 = dinov2 or DinoV2Features(preprocessing=PREPROCESSING)
         if self.dinov2.preprocessing != PREPROCESSING:
-            raise ValueError(f"ar3d_compat_kd needs DinoV2Features(preprocessing={PREPROCESSING!r}), as eval.py "
+            raise InputError(f"ar3d_compat_kd needs DinoV2Features(preprocessing={PREPROCESSING!r}), as eval.py "
                              f"preprocesses; got {self.dinov2.preprocessing!r}")
 
     def config(self) -> dict[str, Any]:

@@ -17,6 +17,7 @@ and weights, so a render preset (its folder carries the hash) never reuses anoth
 from __future__ import annotations
 
 import hashlib
+import io
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from pathlib import Path
@@ -26,6 +27,8 @@ import torch
 from PIL import Image
 
 from mme3dr.defaults import DEFAULTS
+from mme3dr.errors import InputError
+from mme3dr.jsonl import atomic_write_bytes
 from mme3dr.metrics.weights import MissingWeightsError, missing_message, resolve_local
 
 #: The file name torch-fidelity downloads (the basename of its ``URL_INCEPTION_V3``); put a copy under
@@ -101,7 +104,7 @@ class DinoV2Features(FeatureExtractor):
         from transformers import Dinov2Model
 
         if preprocessing not in DINOV2_PREPROCESSING:
-            raise ValueError(f"DINOv2 preprocessing {preprocessing!r} not in {DINOV2_PREPROCESSING}")
+            raise InputError(f"DINOv2 preprocessing {preprocessing!r} not in {DINOV2_PREPROCESSING}")
         self.preprocessing = preprocessing
         self._processor = _eval_py_processor() if preprocessing == "ar3d-r1-eval" else None
 
@@ -167,6 +170,6 @@ class FeatureCache:
     def _save(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         keys = list(self._store)
-        tmp = self.path.with_suffix(".tmp.npz")
-        np.savez(tmp, keys=np.array(keys), features=np.stack([self._store[k] for k in keys]))
-        tmp.replace(self.path)
+        buf = io.BytesIO()
+        np.savez(buf, keys=np.array(keys), features=np.stack([self._store[k] for k in keys]))
+        atomic_write_bytes(self.path, buf.getvalue())

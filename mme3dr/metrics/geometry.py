@@ -83,6 +83,7 @@ from scipy.spatial import ConvexHull, QhullError, cKDTree
 
 from mme3dr.assets import AssetError, load_asset
 from mme3dr.defaults import DEFAULTS
+from mme3dr.errors import InputError
 from mme3dr.metrics.base import HIGHER, LOWER, NONE, MetricResult, PromptMetric, ScoreItem
 
 DOWN = np.array([0.0, 0.0, -1.0])
@@ -108,10 +109,10 @@ class GeometryMetric(PromptMetric):
                  degenerate_area: float = DEFAULTS.degenerate_area,
                  min_extent: float = 1e-3, seed: int = 0) -> None:
         if contact_tol <= 0 or min_extent <= 0 or min_margin <= 0:
-            raise ValueError(f"contact_tol ({contact_tol}), min_margin ({min_margin}) and min_extent "
+            raise InputError(f"contact_tol ({contact_tol}), min_margin ({min_margin}) and min_extent "
                              f"({min_extent}) must be positive")
         if not 0 <= max_tilt_deg < 90:
-            raise ValueError(f"max_tilt_deg must be in [0, 90), got {max_tilt_deg}")
+            raise InputError(f"max_tilt_deg must be in [0, 90), got {max_tilt_deg}")
         self.contact_tol = contact_tol
         self.min_margin = min_margin
         self.max_tilt_deg = max_tilt_deg

@@ -25,11 +25,12 @@ from tqdm.auto import tqdm
 from mme3dr.categories import CATEGORIES
 from mme3dr.data import load_benchmark
 from mme3dr.defaults import DEFAULTS
+from mme3dr.errors import InputError, MissingInputError
 from mme3dr.generation import read_generations
-from mme3dr.jsonl import append_jsonl, atomic_write_text, read_jsonl, write_jsonl
+from mme3dr.jsonl import append_jsonl, atomic_write_text, read_json, read_jsonl, repair_tail, write_jsonl
 from mme3dr.metrics.base import MetricResult, PromptMetric, ScoreItem, composite
 from mme3dr.metrics.weights import WeightsCheck
-from mme3dr.metrics.set_scores import SetMetricRecord, SetScore
+from mme3dr.metrics.set_scores import SET_SCORES_REMEDY, SetMetricRecord, SetScore
 from mme3dr.registry import did_you_mean
 from mme3dr.render.output import file_sha256, read_render_record
 from mme3dr.render.presets import RenderPreset
@@ -99,7 +100,7 @@ def _compat_kd(o: ScoreOptions, ref: Path | None) -> PromptMetric:
     from mme3dr.metrics.features import DinoV2Features
 
     if ref is None:
-        raise ValueError("ar3d_compat_kd needs --reference REF with renders of each prompt's ground-truth object")
+        raise InputError("ar3d_compat_kd needs --reference REF with renders of each prompt's ground-truth object")
     return Ar3dCompatKD(ref, DinoV2Features(o.dinov2_model, o.device, o.batch_size, preprocessing=PREPROCESSING))
 
 
@@ -112,7 +113,7 @@ def parse_metrics(text: str | Sequence[str]) -> list[str]:
     known = (*PROMPT_METRICS, *SET_METRICS)
     for m in names:
         if m not in known:
-            raise ValueError(f"unknown metric {m!r}.{did_you_mean(m, known)} Known: {', '.join(known)}")
+            raise InputError(f"unknown metric {m!r}.{did_you_mean(m, known)} Known: {', '.join(known)}")
     return names
 
 
@@ -203,7 +204,7 @@ def build_metrics(metrics: Sequence[str], preset: RenderPreset, reference: Path 
     options = options or ScoreOptions()
     names = parse_metrics(metrics)
     if any(m in SET_METRICS for m in names) and reference is None:
-        raise ValueError(f"{', '.join(m for m in names if m in SET_METRICS)} compare against a reference set: pass "
+        raise InputError(f"{', '.join(m for m in names if m in SET_METRICS)} compare against a reference set: pass "
                          f"--reference REF (build one with `mme3dr references build --preset {preset.name}`)")
     ref_folder = _reference_folder(reference, preset) if reference is not None else None
     collect = check or WeightsCheck()
@@ -226,11 +227,12 @@ def score_run(run_dir: Path | str, metrics: Sequence[str], preset: RenderPreset,
     metrics = parse_metrics(metrics)
     items = _items(run_dir, preset)
     if not items:
-        raise FileNotFoundError(f"{run_dir}: no generated assets; run `mme3dr generate ... --out RUN` first")
+        raise MissingInputError(f"{run_dir}: no generated assets; run `mme3dr generate ... --out RUN` first")
     built = built if built is not None else build_metrics(metrics, preset, reference, options)
     ref_folder = _reference_folder(reference, preset) if reference is not None else None
     summary = ScoreSummary()
     log = run_dir / DEFAULTS.scores_file
+    repair_tail(log)  # a line torn by a crash is dropped (its record is scored again)
     done = {_key(r) for r in read_jsonl(log) if r.get("error") is None}
     for name, metric in built.prompt.items():
         chash = metric.config_hash()
@@ -274,7 +276,7 @@ def _reference_folder(reference: Path | str, preset: RenderPreset) -> Path:
     folder = Path(reference) / preset.tag
     if not (folder / REFERENCE_FILE).exists():
         have = sorted(p.parent.name for p in Path(reference).glob(f"*/{REFERENCE_FILE}"))
-        raise FileNotFoundError(f"reference set {reference} has no renders with preset {preset.tag} (it has: "
+        raise MissingInputError(f"reference set {reference} has no renders with preset {preset.tag} (it has: "
                                 f"{', '.join(have) or 'none'}); build it with `mme3dr references build --preset "
                                 f"{preset.name} --out {reference} ...`")
     return folder
@@ -294,7 +296,7 @@ def score_sets(run_dir: Path, items: list[tuple[ScoreItem, dict | None]], ref_fo
     from mme3dr.metrics.features import FeatureCache
     from mme3dr.metrics.fidelity import ObjectKernel, cap_objects, default_subset_size, fid_by_object, kid_from_features
 
-    ref = json.loads((ref_folder / REFERENCE_FILE).read_text())
+    ref = read_json(ref_folder / REFERENCE_FILE, "build the reference set again (`mme3dr references build`)")
     gen_objs = {f"gen:{it.prompt_id}": (it.category, it.render_dir, r["asset_sha256"]) for it, r in items if r}
     ref_objs = {f"ref:{o['id']}": (o.get("category"), ref_folder / o["id"],
                                    (read_render_record(ref_folder / o["id"]) or {}).get("asset_sha256", o["id"]))
@@ -325,7 +327,7 @@ def score_sets(run_dir: Path, items: list[tuple[ScoreItem, dict | None]], ref_fo
     out: dict[str, Any] = {}
     path = run_dir / DEFAULTS.set_scores_file
     if path.exists():
-        out = json.loads(path.read_text())
+        out = read_json(path, SET_SCORES_REMEDY)
     feats: dict[str, tuple[str, np.ndarray, np.ndarray]] = {}
     kernels: dict[str, ObjectKernel] = {}
     settings = {k: getattr(DEFAULTS, k) for k in ("kid_bootstrap", "kid_seed", "kid_max_objects", "kid_pooled_subsets",

@@ -8,15 +8,18 @@ the counts it was computed from (objects and views of both sets), because FID an
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from mme3dr.defaults import DEFAULTS
+from mme3dr.errors import InputError
+from mme3dr.jsonl import read_json
 
 #: Version of the set_scores.json layout; files without it were written before KID became object-aware.
 FORMAT = 2
+#: What to do about a damaged set_scores.json.
+SET_SCORES_REMEDY = "delete it and run `mme3dr score RUN` with the set metrics again"
 
 
 @dataclass
@@ -76,7 +79,7 @@ class SetMetricRecord:
     @classmethod
     def from_json(cls, name: str, d: dict[str, Any]) -> SetMetricRecord:
         if d.get("format") != FORMAT:
-            raise ValueError(f"set metric {name!r} was written by an older mme3dr (format {d.get('format', 1)}, "
+            raise InputError(f"set metric {name!r} was written by an older mme3dr (format {d.get('format', 1)}, "
                              f"need {FORMAT}); re-run `mme3dr score RUN --metrics {name} --reference REF`")
         return cls(d["metric"], d["extractor"], d["preset_hash"], d["reference"], SetScore.from_json(d["overall"]),
                    {c: SetScore.from_json(e) for c, e in d.get("per_category", {}).items()}, d.get("settings", {}))
@@ -85,7 +88,7 @@ class SetMetricRecord:
 def read_set_scores(run_dir: Path | str) -> tuple[dict[str, SetMetricRecord], list[str]]:
     """The run's set-metric records, and one warning per record that could not be read (older format)."""
     path = Path(run_dir) / DEFAULTS.set_scores_file
-    raw = json.loads(path.read_text()) if path.exists() else {}
+    raw = read_json(path, SET_SCORES_REMEDY) if path.exists() else {}
     records, problems = {}, []
     for name, d in raw.items():
         try:

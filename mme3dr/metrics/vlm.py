@@ -61,6 +61,7 @@ from PIL import Image
 from scipy.optimize import linear_sum_assignment
 
 from mme3dr.defaults import DEFAULTS
+from mme3dr.errors import InputError, Mme3drError
 from mme3dr.metrics.base import HIGHER, LOWER, NONE, MetricResult, PromptMetric, ScoreItem, composite
 from mme3dr.metrics.vlm_parse import AnswerKind, parse_json_answer
 from mme3dr.metrics.weights import MissingWeightsError, missing_message, resolve_local
@@ -134,7 +135,7 @@ class VLMBackend(Protocol):
     def generate(self, images: list[Image.Image], text: str) -> str: ...
 
 
-class VLMRequestError(RuntimeError):
+class VLMRequestError(Mme3drError, RuntimeError):
     """An OpenAI-compatible server did not give an answer (after the retries, or refused the request)."""
 
 
@@ -187,7 +188,7 @@ class VLMJudge(PromptMetric):
     def __init__(self, backend: VLMBackend | None = None, views: int = DEFAULTS.vlm_views,
                  view_elevation_deg: float = DEFAULTS.vlm_view_elevation_deg) -> None:
         if views < 1:
-            raise ValueError(f"views must be >= 1, got {views}")
+            raise InputError(f"views must be >= 1, got {views}")
         self.backend: VLMBackend = backend if backend is not None else TransformersVLM()
         self.views = views
         self.view_elevation_deg = view_elevation_deg
@@ -338,7 +339,7 @@ class OpenAIVLM:
                  timeout: float = DEFAULTS.vlm_timeout_s, retries: int = DEFAULTS.vlm_retries,
                  max_new_tokens: int = DEFAULTS.vlm_max_new_tokens, backoff_s: float = 1.0) -> None:
         if retries < 1:
-            raise ValueError(f"retries (attempts per query) must be >= 1, got {retries}")
+            raise InputError(f"retries (attempts per query) must be >= 1, got {retries}")
         self.url = base_url.rstrip("/") + "/chat/completions"
         self.model = model
         self.api_key = api_key

@@ -14,12 +14,13 @@ from pathlib import Path
 from typing import TypeVar
 
 from mme3dr.defaults import DEFAULTS
+from mme3dr.errors import MissingInputError
 
 
 T = TypeVar("T")
 
 
-class MissingWeightsError(FileNotFoundError):
+class MissingWeightsError(MissingInputError):
     """Model weights could not be found or downloaded; the message says how to provide them."""
 
 

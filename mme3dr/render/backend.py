@@ -11,6 +11,8 @@ import os
 import subprocess
 import sys
 
+from mme3dr.errors import InputError, SetupError
+
 BACKENDS = ("egl", "osmesa")
 _PROBE = ("import os; os.environ['PYOPENGL_PLATFORM'] = {b!r}; os.environ['PYGLET_HEADLESS'] = '1'; "
           "import pyrender; r = pyrender.OffscreenRenderer(8, 8); r.delete()")
@@ -35,11 +37,11 @@ def select_backend(preferred: str | None = None) -> str:
     global _chosen
     preferred = (preferred or os.environ.get("MME3DR_GL_BACKEND") or os.environ.get("PYOPENGL_PLATFORM") or "auto").lower()
     if preferred not in (*BACKENDS, "auto"):
-        raise ValueError(f"unknown GL backend {preferred!r}; use one of {', '.join(BACKENDS)} or auto")
+        raise InputError(f"unknown GL backend {preferred!r}; use one of {', '.join(BACKENDS)} or auto")
     if _chosen is not None:
         if preferred not in ("auto", _chosen):
-            raise RuntimeError(f"this process already renders with {_chosen}; PyOpenGL cannot switch to {preferred} "
-                               "in the same process (start a new one)")
+            raise SetupError(f"this process already renders with {_chosen}; PyOpenGL cannot switch to {preferred} "
+                             "in the same process (start a new one)")
         return _chosen
     if preferred == "auto":
         if "OpenGL" in sys.modules:  # someone imported PyOpenGL already: its platform is fixed
@@ -52,7 +54,7 @@ def select_backend(preferred: str | None = None) -> str:
                     preferred = b
                     break
             else:
-                raise RuntimeError(
+                raise SetupError(
                     "no headless OpenGL backend works here: "
                     + "; ".join(f"{b}: {e}" for b, e in errors.items())
                     + ". Install EGL (Debian/Ubuntu: apt-get install libegl1 libegl-mesa0 libgl1-mesa-dri; on an "

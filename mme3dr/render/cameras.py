@@ -14,6 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
+from mme3dr.errors import InputError
+
 
 def radical_inverse_base2(i: int) -> float:
     """Van der Corput radical inverse of ``i`` in base 2: the bits of i mirrored after the binary point."""
@@ -108,10 +110,10 @@ def read_transforms(path: Path | str) -> CameraSet:
         poses = np.array([f["transform_matrix"] for f in frames], dtype=float)
         fov = float(frames[0].get("camera_angle_x", data.get("camera_angle_x")))
     except (OSError, json.JSONDecodeError, KeyError, TypeError, IndexError, ValueError) as exc:
-        raise ValueError(f"{path}: not a readable transforms.json with frames[].transform_matrix and "
+        raise InputError(f"{path}: not a readable transforms.json with frames[].transform_matrix and "
                          f"camera_angle_x ({type(exc).__name__}: {exc})") from None
     if poses.ndim != 3 or poses.shape[1:] != (4, 4) or not np.isfinite(poses).all():
-        raise ValueError(f"{path}: transform_matrix entries must be finite 4x4 matrices, got shape {poses.shape}")
+        raise InputError(f"{path}: transform_matrix entries must be finite 4x4 matrices, got shape {poses.shape}")
     return CameraSet(poses, fov)
 
 

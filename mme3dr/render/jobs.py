@@ -1,8 +1,9 @@
 """Render many assets: resumable, in one process or several, every outcome recorded.
 
 A job renders one asset into its own folder. A folder whose ``render.json`` has the same preset hash and asset
-sha256 is up to date and skipped, so an interrupted command resumes where it stopped. A bad asset or camera file
-fails its job only: the error (with the asset reason code) goes to the index file and the rest goes on.
+sha256, and whose files all have their recorded sizes, is up to date and skipped, so an interrupted command resumes
+where it stopped. A bad asset or camera file fails its job only: the error (with the asset reason code) goes to the
+index file and the rest goes on. A render that cannot be written (a full disk) stops the run.
 """
 
 from __future__ import annotations
@@ -18,10 +19,10 @@ from tqdm.auto import tqdm
 from mme3dr.asset_files import check_regular_file
 from mme3dr.assets import AssetError, load_asset
 from mme3dr.defaults import DEFAULTS
-from mme3dr.jsonl import append_jsonl, read_jsonl, write_jsonl
+from mme3dr.jsonl import append_jsonl, read_jsonl, repair_tail, write_jsonl
 from mme3dr.processes import spawn_pool
 from mme3dr.render.cameras import CameraSet, read_transforms
-from mme3dr.render.output import file_sha256, read_render_record, write_render
+from mme3dr.render.output import file_sha256, read_render_record, render_intact, write_render
 from mme3dr.render.presets import RenderPreset
 
 INDEX_FILE = "renders.jsonl"
@@ -62,14 +63,17 @@ def resolve_cameras(cameras: Path | str | None, key: str) -> str | None:
 
 
 def _up_to_date(job: RenderJob, preset: RenderPreset, sha: str) -> bool:
+    """The folder holds a complete render of this asset (``sha``) with ``preset`` and the job's cameras, every file
+    intact (:func:`~mme3dr.render.output.render_intact`: a truncated or missing view is rendered again)."""
     rec = read_render_record(Path(job.folder))
     return bool(rec) and rec.get("preset_hash") == preset.hash and rec.get("asset_sha256") == sha and \
-        rec.get("cameras") == job.cameras_path
+        rec.get("cameras") == job.cameras_path and render_intact(Path(job.folder), rec)
 
 
 def render_one(job: RenderJob, preset: RenderPreset, renderer, depth: bool = False,
                normals: bool = False, sha: str | None = None) -> RenderJobResult:
-    """Render one job with an open :class:`~mme3dr.render.renderer.Renderer`; never raises for bad input.
+    """Render one job with an open :class:`~mme3dr.render.renderer.Renderer`; never raises for bad input (an asset,
+    camera file or GL failure is the job's result), only when the render cannot be written (``OSError``).
 
     ``sha`` is the asset's sha256 when the caller already has it (it is computed otherwise).
     """
@@ -95,15 +99,16 @@ def render_one(job: RenderJob, preset: RenderPreset, renderer, depth: bool = Fal
             return RenderJobResult(job.key, False, job.folder, str(exc), "cameras", time.perf_counter() - start)
     try:
         out = renderer.render(asset, preset, cameras=cams, depth=depth, normals=normals)
-        seconds = time.perf_counter() - start
-        write_render(Path(job.folder), out, preset, {
-            "key": job.key, "asset": job.asset_path, "asset_sha256": sha, "up_axis": job.up_axis,
-            "cameras": job.cameras_path, "seconds": round(seconds, 4), **job.extra})
     except ValueError as exc:  # e.g. a preset that needs --cameras
         return RenderJobResult(job.key, False, job.folder, str(exc), "cameras", time.perf_counter() - start)
-    except Exception as exc:  # a GL or writing failure for one asset must not stop the others
+    except Exception as exc:  # a GL failure for one asset must not stop the others
         return RenderJobResult(job.key, False, job.folder, f"{type(exc).__name__}: {exc}", "render",
                                time.perf_counter() - start)
+    seconds = time.perf_counter() - start
+    # a failure to write (disk full, permissions) is the output folder's, shared by every job: it stops the run
+    write_render(Path(job.folder), out, preset, {
+        "key": job.key, "asset": job.asset_path, "asset_sha256": sha, "up_axis": job.up_axis,
+        "cameras": job.cameras_path, "seconds": round(seconds, 4), **job.extra})
     return RenderJobResult(job.key, True, job.folder, seconds=seconds)
 
 
@@ -137,6 +142,7 @@ def run_jobs(jobs: Sequence[RenderJob], preset: RenderPreset, index: Path | None
 
     if index is not None:
         index.parent.mkdir(parents=True, exist_ok=True)
+        repair_tail(index)  # a line torn by a crash is dropped (its job is recorded again below)
     todo: list[tuple[RenderJob, str | None]] = []
     for job in jobs:  # up-to-date folders need no GL context at all
         try:

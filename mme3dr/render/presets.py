@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from mme3dr.errors import InputError
 from mme3dr.registry import Registry
 from mme3dr.render.cameras import CameraSet, hammersley_poses, orbit_poses, yaw_elevation_poses
 from mme3dr.render.lights import LIGHT_RIGS
@@ -35,7 +36,8 @@ from mme3dr.render.lights import LIGHT_RIGS
 #: Version of the pixels the renderer makes from a preset (renderer.py, lights.py, the colour rules of
 #: mme3dr.assets). Part of every preset hash: bump it with any change that changes pixels.
 #: 1: studio-v1 headlight rig, pyrender's vertex-colour handling. 2: TRELLIS rig, one sRGB colour pipeline.
-RENDERER_VERSION = 2
+#: 3: lights summed and meshes drawn in the order they were added (the same pixels in every process).
+RENDERER_VERSION = 3
 BACKGROUNDS = {"transparent": (0.0, 0.0, 0.0, 0.0), "white": (1.0, 1.0, 1.0, 1.0), "black": (0.0, 0.0, 0.0, 1.0)}
 CAMERA_PROTOCOLS = ("hammersley", "yaw-elevation", "orbit", "file")
 SHADING = ("auto", "clay", "pyrender-default")
@@ -62,15 +64,15 @@ class RenderPreset:
 
     def __post_init__(self) -> None:
         if self.cameras not in CAMERA_PROTOCOLS:
-            raise ValueError(f"preset {self.name}: cameras {self.cameras!r} not in {CAMERA_PROTOCOLS}")
+            raise InputError(f"preset {self.name}: cameras {self.cameras!r} not in {CAMERA_PROTOCOLS}")
         if self.background not in BACKGROUNDS:
-            raise ValueError(f"preset {self.name}: background {self.background!r} not in {list(BACKGROUNDS)}")
+            raise InputError(f"preset {self.name}: background {self.background!r} not in {list(BACKGROUNDS)}")
         if self.shading not in SHADING:
-            raise ValueError(f"preset {self.name}: shading {self.shading!r} not in {SHADING}")
+            raise InputError(f"preset {self.name}: shading {self.shading!r} not in {SHADING}")
         if self.light_rig not in LIGHT_RIGS:
-            raise ValueError(f"preset {self.name}: light rig {self.light_rig!r} not in {list(LIGHT_RIGS)}")
+            raise InputError(f"preset {self.name}: light rig {self.light_rig!r} not in {list(LIGHT_RIGS)}")
         if self.resolution < 8:
-            raise ValueError(f"preset {self.name}: resolution {self.resolution} too small")
+            raise InputError(f"preset {self.name}: resolution {self.resolution} too small")
 
     def params(self) -> dict[str, Any]:
         """Every field, and ``renderer_version`` (:data:`RENDERER_VERSION`)."""
@@ -97,7 +99,7 @@ class RenderPreset:
         fov = np.radians(self.fov_deg)
         if self.cameras == "file":
             if cameras is None:
-                raise ValueError(f"preset {self.name!r} renders from the object's reference camera poses: pass "
+                raise InputError(f"preset {self.name!r} renders from the object's reference camera poses: pass "
                                  "--cameras transforms.json (or a folder with <prompt_id>/transforms.json)")
             return cameras
         if cameras is not None:

@@ -34,7 +34,8 @@ import pandas as pd
 from mme3dr.assets import ASSET_SUFFIXES
 from mme3dr.defaults import DEFAULTS
 from mme3dr.categories import CATEGORIES, resolve_category
-from mme3dr.jsonl import atomic_write_text
+from mme3dr.errors import InputError, MissingInputError
+from mme3dr.jsonl import atomic_write_text, read_json
 from mme3dr.render.jobs import INDEX_FILE, RenderJob, run_jobs
 from mme3dr.render.presets import RenderPreset
 from mme3dr.render.runs import RenderSummary, summarise
@@ -54,7 +55,7 @@ def folder_objects(meshes: Path) -> list[dict]:
         objs.append({"id": "__".join(rel.with_suffix("").parts), "path": str(p),
                      "source_class": rel.parts[0] if len(rel.parts) > 1 else None, "source": rel.as_posix()})
     if not objs:
-        raise FileNotFoundError(f"no mesh files ({', '.join(ASSET_SUFFIXES)}) under {meshes}")
+        raise MissingInputError(f"no mesh files ({', '.join(ASSET_SUFFIXES)}) under {meshes}")
     return objs
 
 
@@ -63,7 +64,7 @@ def toys4k_objects(toys4k: Path, csv_path: Path) -> tuple[list[dict], list[dict]
     df = pd.read_csv(csv_path)
     missing_cols = {"sha256", "file_identifier"} - set(df.columns)
     if missing_cols:
-        raise ValueError(f"{csv_path}: missing column(s) {sorted(missing_cols)}; expected TRELLIS-500K's Toys4k.csv")
+        raise InputError(f"{csv_path}: missing column(s) {sorted(missing_cols)}; expected TRELLIS-500K's Toys4k.csv")
     objs, missing = [], []
     for row in df.itertuples():
         ident = Path(str(row.file_identifier))
@@ -83,15 +84,15 @@ def read_category_map(path: Path | str) -> dict[str, str]:
     """Reference object -> MME-3DR category key from a CSV (columns ``object``, ``category``) or JSON file."""
     path = Path(path)
     if path.suffix.lower() == ".json":
-        raw = json.loads(path.read_text())
+        raw = read_json(path, "fix the file")
         if not isinstance(raw, dict):
-            raise ValueError(f"{path}: expected a JSON object {{\"<object>\": \"<category>\"}}")
+            raise InputError(f"{path}: expected a JSON object {{\"<object>\": \"<category>\"}}")
         pairs = list(raw.items())
     else:
         df = pd.read_csv(path, dtype=str, keep_default_na=False)
         missing = {"object", "category"} - set(df.columns)
         if missing:
-            raise ValueError(f"{path}: missing column(s) {sorted(missing)}; a category map is a CSV with the "
+            raise InputError(f"{path}: missing column(s) {sorted(missing)}; a category map is a CSV with the "
                              f"columns object,category (or a .json object)")
         pairs = list(zip(df["object"], df["category"]))
     out: dict[str, str] = {}
@@ -100,7 +101,7 @@ def read_category_map(path: Path | str) -> dict[str, str]:
         try:
             out[key] = resolve_category(str(cat))
         except ValueError as exc:
-            raise ValueError(f"{path}: object {key!r}: {exc}") from None
+            raise InputError(f"{path}: object {key!r}: {exc}") from None
     return out
 
 
@@ -128,10 +129,10 @@ def build_references(out: Path | str, preset: RenderPreset, meshes: Path | str |
     ``category_map``: a file for :func:`read_category_map` or a ready mapping (object -> MME-3DR category).
     """
     if (meshes is None) == (toys4k is None):
-        raise ValueError("give exactly one source: --meshes DIR, or --toys4k DIR with --toys4k-csv Toys4k.csv")
+        raise InputError("give exactly one source: --meshes DIR, or --toys4k DIR with --toys4k-csv Toys4k.csv")
     if toys4k is not None:
         if toys4k_csv is None:
-            raise ValueError("--toys4k needs --toys4k-csv (TRELLIS-500K's Toys4k.csv)")
+            raise InputError("--toys4k needs --toys4k-csv (TRELLIS-500K's Toys4k.csv)")
         objs, missing = toys4k_objects(Path(toys4k), Path(toys4k_csv))
     else:
         objs, missing = folder_objects(Path(meshes)), []
@@ -142,7 +143,7 @@ def build_references(out: Path | str, preset: RenderPreset, meshes: Path | str |
     unmatched = assign_categories(objs + missing, mapping)
     if mapping and len(unmatched) == len(mapping):
         example = (objs + missing)[0] if objs + missing else {"id": "?", "source": "?"}
-        raise ValueError(f"the category map matches no reference object (e.g. {unmatched[0]!r}); its keys must be "
+        raise InputError(f"the category map matches no reference object (e.g. {unmatched[0]!r}); its keys must be "
                          f"object ids (Toys4K: sha256), source paths or classes, e.g. {example['id']!r} or "
                          f"{example['source']!r}")
     folder = Path(out) / preset.tag
@@ -165,7 +166,7 @@ def build_references(out: Path | str, preset: RenderPreset, meshes: Path | str |
 
 def category_counts(folder: Path | str) -> str:
     """One line: rendered reference objects per MME-3DR category (categories without any use the whole set)."""
-    ref = json.loads((Path(folder) / REFERENCE_FILE).read_text())
+    ref = read_json(Path(folder) / REFERENCE_FILE, "build the reference set again (`mme3dr references build`)")
     ok = [o for o in ref["objects"] if o.get("ok")]
     counts = {c: sum(o.get("category") == c for o in ok) for c in CATEGORIES}
     missing = [c for c, n in counts.items() if n == 0]

@@ -15,6 +15,10 @@ double-sided presets give every triangle a back-facing twin instead (see :meth:`
 Output: RGBA uint8; for a transparent background the colour is un-premultiplied, for white/black the colour is
 composited on the background and alpha is 255. Depth is the camera-space distance along the view axis (0 where
 empty); normals are world-space unit normals (interpolated vertex normals) encoded as (n + 1) / 2 * 255.
+Determinism: the same asset and preset give the same pixels in every process on one backend (and driver). pyrender
+keeps a scene's meshes and lights in sets of objects hashed by address, so the order in which the shader sums the
+lights (and draws the meshes) changed from process to process, and with it the rounding of one or two pixels of
+some views (by one level); :func:`_ordered_scene` makes both follow the order they were added in.
 Any change here that changes pixels must bump :data:`mme3dr.render.presets.RENDERER_VERSION`.
 """
 
@@ -23,6 +27,7 @@ from __future__ import annotations
 import atexit
 import shutil
 import tempfile
+from collections.abc import Hashable, Iterable, Iterator, MutableSet
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,6 +35,7 @@ import numpy as np
 import trimesh
 
 from mme3dr.assets import Asset, BaseColour, base_colour
+from mme3dr.errors import SetupError
 from mme3dr.render.backend import select_backend
 from mme3dr.render.cameras import CameraSet, look_at
 from mme3dr.render.lights import LIGHT_RIGS
@@ -76,7 +82,7 @@ def get_renderer(backend: str | None = None) -> Renderer:
         _shared = Renderer(backend)
         atexit.register(_release_shared)  # before interpreter teardown, when pyrender's __del__ would fail noisily
     elif backend is not None and select_backend(backend) != _shared.backend:
-        raise RuntimeError(f"this process renders with {_shared.backend}; cannot switch to {backend}")
+        raise SetupError(f"this process renders with {_shared.backend}; cannot switch to {backend}")
     return _shared
 
 
@@ -200,7 +206,7 @@ class Renderer:
         rig = LIGHT_RIGS[preset.light_rig]
         bg = BACKGROUNDS[preset.background]
         transparent = bg[3] == 0.0
-        scene = pr.Scene(bg_color=(bg[0], bg[1], bg[2], 0.0), ambient_light=(rig.ambient,) * 3)
+        scene = _ordered_scene(pr.Scene(bg_color=(bg[0], bg[1], bg[2], 0.0), ambient_light=(rig.ambient,) * 3))
         for mesh in self._meshes(asset, preset):
             scene.add(mesh)
         camera = pr.PerspectiveCamera(yfov=cams.fov_x, znear=0.01, zfar=100.0, aspectRatio=1.0)
@@ -230,7 +236,7 @@ class Renderer:
 
     def _normals(self, asset: Asset, preset: RenderPreset, cams: CameraSet) -> np.ndarray:
         pr = self._pyrender
-        scene = pr.Scene(bg_color=(0.5, 0.5, 0.5, 0.0))
+        scene = _ordered_scene(pr.Scene(bg_color=(0.5, 0.5, 0.5, 0.0)))
         for mesh in self._meshes(asset, preset, normals_pass=True):
             scene.add(mesh)
         cam_node = scene.add(pr.PerspectiveCamera(yfov=cams.fov_x, znear=0.01, zfar=100.0, aspectRatio=1.0))
@@ -241,6 +247,45 @@ class Renderer:
             scene.set_pose(cam_node, pose)
             out[i] = self._renderer.render(scene, flags=flags)[0][..., :3]
         return out
+
+
+class _InsertionOrdered(MutableSet):
+    """A set that iterates in the order its items were added (a ``dict`` underneath)."""
+
+    def __init__(self, items: Iterable[Hashable] = ()) -> None:
+        self._items = dict.fromkeys(items)
+
+    def __contains__(self, item: object) -> bool:
+        return item in self._items
+
+    def __iter__(self) -> Iterator[Hashable]:
+        return iter(self._items)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def add(self, item: Hashable) -> None:
+        self._items[item] = None
+
+    def discard(self, item: Hashable) -> None:
+        self._items.pop(item, None)
+
+
+#: The node sets of a pyrender ``Scene`` whose iteration order reaches the pixels: lights are summed in this order
+#: by the shader, and meshes at equal distance from the camera are drawn in it.
+_ORDERED_NODE_SETS = ("_mesh_nodes", "_point_light_nodes", "_spot_light_nodes", "_directional_light_nodes")
+
+
+def _ordered_scene(scene):
+    """``scene`` (new and empty) with its mesh and light node sets iterating in insertion order (see the module
+    docstring: a plain ``set`` of nodes iterates in an order set by memory addresses)."""
+    for name in _ORDERED_NODE_SETS:
+        current = getattr(scene, name, None)
+        if not isinstance(current, set) or current:
+            raise RuntimeError(f"pyrender.Scene.{name} is not the empty set this renderer expects (pyrender-maintained "
+                               "1.0's); adapt mme3dr.render.renderer._ordered_scene")
+        setattr(scene, name, _InsertionOrdered())
+    return scene
 
 
 def _or(value, default: float) -> float:

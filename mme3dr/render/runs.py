@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mme3dr.defaults import DEFAULTS
+from mme3dr.errors import MissingInputError
 from mme3dr.generation import read_generations
 from mme3dr.render.jobs import INDEX_FILE, RenderJob, RenderJobResult, resolve_cameras, run_jobs
 from mme3dr.render.presets import RenderPreset
@@ -41,7 +42,7 @@ def render_run(run_dir: Path | str, preset: RenderPreset, cameras: Path | str | 
     run_dir = Path(run_dir)
     records = read_generations(run_dir)
     if not records:
-        raise FileNotFoundError(f"{run_dir / DEFAULTS.generations_file} is missing or empty; "
+        raise MissingInputError(f"{run_dir / DEFAULTS.generations_file} is missing or empty; "
                                 "run `mme3dr generate ... --out RUN` first")
     folder = run_dir / RENDERS_DIR / preset.tag
     jobs, not_generated = [], []

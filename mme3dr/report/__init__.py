@@ -11,6 +11,7 @@ import pandas as pd
 
 from mme3dr.categories import CATEGORIES
 from mme3dr.defaults import WORST_VALUES
+from mme3dr.errors import InputError
 from mme3dr.jsonl import atomic_write_text
 from mme3dr.report import plots as P
 from mme3dr.report.html import render_html
@@ -74,7 +75,7 @@ def build_report(run_dirs: list[Path | str], out: Path | str, title: str = "MME-
     ``names`` labels the rows in order (default: each run's model name, made unique with its folder name)."""
     names = list(names or [])
     if len(names) > len(run_dirs):
-        raise ValueError(f"{len(names)} --name values for {len(run_dirs)} runs")
+        raise InputError(f"{len(names)} --name values for {len(run_dirs)} runs")
     out = Path(out)
     runs = [load_run(p, names[i] if i < len(names) else None) for i, p in enumerate(run_dirs)]
     _unique_names(runs)

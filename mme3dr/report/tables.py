@@ -32,7 +32,6 @@ all-no baselines and the unparsed answers beside ``vlm_checklist``), as their mi
 from __future__ import annotations
 
 import itertools
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,11 +41,12 @@ import pandas as pd
 
 from mme3dr.categories import CATEGORIES
 from mme3dr.defaults import DEFAULTS, WORST_VALUES
+from mme3dr.errors import MissingInputError
 from mme3dr.generation import read_generations
 from mme3dr.jsonl import read_jsonl
 from mme3dr.metrics.vlm import REPORT_BESIDE
 from mme3dr.metrics.set_scores import SetMetricRecord, read_set_scores
-from mme3dr.runinfo import RUN_FILE
+from mme3dr.runinfo import read_run_info
 
 FAILURE_POLICY = ("Failed prompts (no asset, or a metric that could not be computed) are reported three ways: "
                   "`success` is the share of prompts with an asset; `micro` and the category columns average over "
@@ -83,8 +83,8 @@ def load_run(path: Path | str, name: str | None = None) -> RunData:
     path = Path(path)
     gens = read_generations(path)
     if not gens:
-        raise FileNotFoundError(f"{path}: no {DEFAULTS.generations_file}; is this a run folder?")
-    info = json.loads((path / RUN_FILE).read_text()) if (path / RUN_FILE).exists() else {}
+        raise MissingInputError(f"{path}: no {DEFAULTS.generations_file}; is this a run folder?")
+    info = read_run_info(path)
     model = info.get("model", {}).get("name") or next(iter(gens.values())).model.get("name", path.name)
     prompts = pd.DataFrame([{"prompt_id": g.prompt_id, "category": g.category, "prompt": g.prompt,
                              "generated": g.ok} for g in gens.values()])
