@@ -132,8 +132,6 @@ def generate_run(generator: Generator, prompts: Sequence[PromptRecord], run_dir:
         child_path(run_dir, DEFAULTS.assets_dir, p.id, what="prompt id")
     generator.check()  # missing weights stop the run here, before anything is written
     run_dir.mkdir(parents=True, exist_ok=True)
-    if isinstance(prompts, Benchmark):  # scoring reads the checklists from the run's own prompt set
-        update_run_info(run_dir, prompts=prompts.info())
     spec = model_spec or ModelSpec(f"{type(generator).__module__}:{type(generator).__qualname__}")
     log = run_dir / DEFAULTS.generations_file
     previous = read_generations(run_dir)
@@ -142,6 +140,8 @@ def generate_run(generator: Generator, prompts: Sequence[PromptRecord], run_dir:
             raise RunConflictError(f"{run_dir} already holds generations of model {rec.model} with seed {rec.seed} "
                                    f"(prompt {rec.prompt_id}); this run is {spec.to_dict()} with seed {seed}. "
                                    "Use another --out folder.")
+    if isinstance(prompts, Benchmark):  # scoring reads the checklists from the run's own prompt set
+        update_run_info(run_dir, prompts=prompts.info())
     if log.exists():  # drop a line torn by a crash before appending to the log again
         write_jsonl(log, [asdict(r) for r in previous.values()])
     done = {pid for pid, rec in previous.items()
