@@ -18,7 +18,7 @@ from pathlib import Path
 
 #: Prompt ids: a letter or digit, then up to 127 letters, digits, ``.``, ``_`` or ``-``; never ``..``.
 ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
-ID_RULE = "^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$ with no '..'"
+ID_RULE = f"^{ID_PATTERN.pattern}$ with no '..'"
 
 
 class UnsafePathError(ValueError):
@@ -46,8 +46,8 @@ def child_path(root: Path | str, *names: str, what: str = "name") -> Path:
 
     Each name must be a single path component (no separator, not absolute, not ``.``/``..``). The joined path,
     with every symbolic link along it followed (it need not exist yet), must lie strictly inside ``root`` resolved
-    the same way; otherwise :class:`UnsafePathError`. Returns the joined path as given (not resolved), so records keep the
-    caller's form of ``root``.
+    the same way; otherwise :class:`UnsafePathError`. Returns the joined path as given (not resolved), so records
+    keep the caller's form of ``root``.
     """
     if not names:
         raise TypeError("child_path needs at least one name")

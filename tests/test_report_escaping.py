@@ -125,6 +125,24 @@ def test_checklist_answers_are_escaped(tmp_path):
     assert "expected expected&lt;/b&gt;" in text
 
 
+def test_report_embeds_no_image_from_outside_the_run(tmp_path):
+    """run.json's preset tag and the render folders are the run's own word: a tag or a link leading out of the
+    run must not put someone's files into the report."""
+    outside = tmp_path / "outside"
+    (outside / "spatial-001").mkdir(parents=True)
+    Image.new("RGB", (8, 8), (0, 0, 255)).save(outside / "spatial-001" / "contact_sheet.png")
+    for name, tag in (("A", "../../outside"), ("B", None)):
+        _write_run(tmp_path / name, name.lower())
+        info = json.loads((tmp_path / name / "run.json").read_text())
+        info["preset"]["tag"] = tag
+        (tmp_path / name / "run.json").write_text(json.dumps(info))
+        shutil.rmtree(tmp_path / name / "renders" / TAG)
+    (tmp_path / "B" / "renders" / "link").symlink_to(outside)
+    for name in ("A", "B"):
+        files = build_report([tmp_path / name], tmp_path / f"out{name}", plots=False)
+        assert "data:image/jpeg" not in files.html.read_text()
+
+
 def test_report_escapes_every_field(report):
     tmp, files = report
     text = files.html.read_text()

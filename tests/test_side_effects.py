@@ -188,7 +188,8 @@ class RecordingVLM:
         keys = [k for k in ("shape", "appearance", "parts", "category_match", "color_smoothness", "material",
                             "texture") if f'"{k}"' in text]
         qs = [f"q{i}" for i in range(1, 20) if f'"q{i}"' in text]
-        self.asked += [line.split(": ", 1)[1] for line in text.splitlines() if line.startswith(tuple(f"{q}: " for q in qs))]
+        starts = tuple(f"{q}: " for q in qs)
+        self.asked += [line.split(": ", 1)[1] for line in text.splitlines() if line.startswith(starts)]
         return json.dumps({**{k: 1 for k in keys}, **{q: "yes" for q in qs}})
 
 
