@@ -306,6 +306,9 @@ def score(
     dinov2_model: Dinov2Opt = DEFAULTS.dinov2_model,
     vlm_model: VlmModelOpt = DEFAULTS.vlm_model,
     vlm_server: VlmServerOpt = None,
+    source: Annotated[Optional[str], typer.Option(
+        "--source", help="Prompt set whose checklists the VLM judge asks (default: the set the run was generated "
+                         "from, recorded in RUN/run.json).")] = None,
     progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
 ) -> None:
     """Score a run: per-prompt records to RUN/scores.jsonl, set metrics to RUN/set_scores.json.
@@ -322,7 +325,7 @@ def score(
     p = _preset(preset)
     built = build_metrics(metrics.split(","), p, reference, options)
     with run_lock(run):
-        summary = score_run(run, metrics.split(","), p, reference, options, progress, built)
+        summary = score_run(run, metrics.split(","), p, reference, options, progress, built, source)
     for line in summary.lines():
         err.print(line, highlight=False, markup=False, soft_wrap=True)
 

@@ -17,6 +17,7 @@ from typing import Any, overload
 
 from mme3dr.categories import CATEGORIES, CHECK_TYPES, resolve_category
 from mme3dr.errors import InputError, UnknownNameError
+from mme3dr.paths import UnsafePathError, check_id
 
 PACKAGED_SOURCE = "mme3dr:data/mme3dr_249.jsonl"
 REQUIRED_FIELDS = ("id", "category", "prompt", "object_class", "source")
@@ -66,6 +67,10 @@ class PromptRecord:
             if not isinstance(row[key], str) or not row[key].strip():
                 raise ValueError(f"field {key!r} must be a non-empty string, got {row[key]!r}")
         try:
+            check_id(row["id"].strip(), "field 'id'")
+        except UnsafePathError as exc:
+            raise ValueError(str(exc)) from None
+        try:
             category = resolve_category(row["category"])
         except ValueError as exc:
             raise ValueError(f"field 'category': {exc}") from None
@@ -100,9 +105,13 @@ class PromptRecord:
 class Benchmark(Sequence[PromptRecord]):
     """An ordered, validated list of prompt records with the set's provenance."""
 
-    def __init__(self, records: Iterable[PromptRecord], source: str) -> None:
+    def __init__(self, records: Iterable[PromptRecord], source: str, location: str | None = None) -> None:
         self.records = list(records)
         self.source = source
+        #: What ``load_benchmark(source=...)`` takes to load this set again from anywhere: None for the packaged
+        #: set, an absolute path for a file or dataset folder, ``owner/name:split`` for a hub dataset. Runs record
+        #: it (``run.json`` ``prompts.location``) so that scoring reads the checklists of the run's own prompts.
+        self.location = location
         self._by_id = {r.id: r for r in self.records}
 
     @overload
@@ -130,6 +139,10 @@ class Benchmark(Sequence[PromptRecord]):
             raise UnknownNameError(f"no prompt {prompt_id!r} in {self.source}."
                                    f"{did_you_mean(prompt_id, self._by_id)}") from None
 
+    def info(self) -> dict[str, Any]:
+        """What a run records about its prompts (``run.json`` ``prompts``): source, location, n, counts."""
+        return {"source": self.source, "location": self.location, "n": len(self), "counts": dict(self.counts())}
+
     def counts(self) -> Counter[str]:
         """Number of prompts per category key, in the paper's category order."""
         c = Counter(r.category for r in self.records)
@@ -149,16 +162,17 @@ class Benchmark(Sequence[PromptRecord]):
         return datasets.Dataset.from_list([r.to_dict() for r in self.records], features=features)
 
 
-def _read_rows(source: str | Path | None) -> tuple[list[Mapping[str, Any]], str]:
-    """Return raw rows and a human-readable description of where they came from."""
+def _read_rows(source: str | Path | None) -> tuple[list[Mapping[str, Any]], str, str | None]:
+    """Return raw rows, a human-readable description of where they came from, and the source to load them again
+    (:attr:`Benchmark.location`)."""
     if source is None:
         text = files("mme3dr").joinpath("data/mme3dr_249.jsonl").read_text(encoding="utf-8")
-        return _parse_jsonl(text, PACKAGED_SOURCE), PACKAGED_SOURCE
+        return _parse_jsonl(text, PACKAGED_SOURCE), PACKAGED_SOURCE, None
     path = Path(source).expanduser()
     if path.is_file():
         text = path.read_text(encoding="utf-8")
         if path.suffix == ".jsonl":
-            return _parse_jsonl(text, str(path)), str(path)
+            return _parse_jsonl(text, str(path)), str(path), str(path.resolve())
         if path.suffix == ".json":
             try:
                 data = json.loads(text)
@@ -167,7 +181,7 @@ def _read_rows(source: str | Path | None) -> tuple[list[Mapping[str, Any]], str]
             rows = data.get("prompts") if isinstance(data, dict) else data
             if not isinstance(rows, list):
                 raise BenchmarkFormatError(f"{path}: expected a list of records or {{'prompts': [...]}}")
-            return rows, str(path)
+            return rows, str(path), str(path.resolve())
         raise BenchmarkFormatError(f"{path}: unsupported file type {path.suffix!r}; use .jsonl or .json")
     return _read_hf(str(source))
 
@@ -184,11 +198,12 @@ def _parse_jsonl(text: str, where: str) -> list[Mapping[str, Any]]:
     return rows
 
 
-def _read_hf(source: str) -> tuple[list[Mapping[str, Any]], str]:
+def _read_hf(source: str) -> tuple[list[Mapping[str, Any]], str, str]:
     """A local dataset folder or a hub id, optionally ``name:split`` (default split ``train``)."""
     import datasets
 
-    name, _, split = source.partition(":") if not Path(source).exists() else (source, "", "")
+    local = Path(source).exists()
+    name, _, split = source.partition(":") if not local else (source, "", "")
     split = split or "train"
     try:
         if (Path(name) / "dataset_info.json").exists() or (Path(name) / "state.json").exists():
@@ -203,13 +218,14 @@ def _read_hf(source: str) -> tuple[list[Mapping[str, Any]], str]:
             f"dataset folder or hub id ({type(exc).__name__}: {exc}). Pass a .jsonl/.json file, a dataset "
             "folder, or a hub id (with network access, or cached and HF_HUB_OFFLINE=1)."
         ) from exc
-    return list(ds), f"{name} (split {split})"
+    return list(ds), f"{name} (split {split})", str(Path(name).resolve()) if local else f"{name}:{split}"
 
 
 def validate_rows(rows: Sequence[Mapping[str, Any]], where: str) -> list[PromptRecord]:
-    """Validate every row and the set (unique ids); errors name the row number and id."""
+    """Validate every row and the set (unique ids, also ignoring case: ids name folders, and some file systems
+    do not tell ``A`` from ``a``); errors name the row number and id."""
     records: list[PromptRecord] = []
-    seen: dict[str, int] = {}
+    seen: dict[str, tuple[int, str]] = {}
     for i, row in enumerate(rows, 1):
         rid = row.get("id", "?") if isinstance(row, Mapping) else "?"
         if not isinstance(row, Mapping):
@@ -218,9 +234,12 @@ def validate_rows(rows: Sequence[Mapping[str, Any]], where: str) -> list[PromptR
             rec = PromptRecord.from_dict(row)
         except ValueError as exc:
             raise BenchmarkFormatError(f"{where}: row {i} (id {rid!r}): {exc}") from None
-        if rec.id in seen:
-            raise BenchmarkFormatError(f"{where}: row {i}: id {rec.id!r} repeats row {seen[rec.id]}")
-        seen[rec.id] = i
+        key = rec.id.casefold()
+        if key in seen:
+            row_no, other = seen[key]
+            what = "repeats" if other == rec.id else f"differs only in case from {other!r} in"
+            raise BenchmarkFormatError(f"{where}: row {i}: id {rec.id!r} {what} row {row_no}")
+        seen[key] = (i, rec.id)
         records.append(rec)
     if not records:
         raise BenchmarkFormatError(f"{where}: no prompt records")
@@ -252,7 +271,7 @@ def load_benchmark(categories: Iterable[str] | str | None = None, limit: int | N
         source: ``None`` for the packaged 249 prompts, a ``.jsonl``/``.json`` file, a ``datasets`` folder, or a
             hub dataset id (``owner/name`` or ``owner/name:split``) with the same fields.
     """
-    rows, where = _read_rows(source)
+    rows, where, location = _read_rows(source)
     records = validate_rows(rows, where)
     if categories is not None:
         wanted = {resolve_category(c) for c in ([categories] if isinstance(categories, str) else categories)}
@@ -261,4 +280,4 @@ def load_benchmark(categories: Iterable[str] | str | None = None, limit: int | N
         if limit < 1:
             raise InputError(f"limit must be >= 1, got {limit}")
         records = stratified_head(records, limit)
-    return Benchmark(records, where)
+    return Benchmark(records, where, location)

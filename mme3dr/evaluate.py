@@ -82,10 +82,9 @@ def evaluate(model: str, out: Path | str, model_args: dict[str, Any] | None = No
     check.raise_if_missing(no_weights_hint(metrics))
     with run_lock(out):
         spec = ModelSpec(model, model_args)
-        update_run_info(out, model=spec.to_dict(), seed=seed, prompts={"source": bench.source, "n": len(bench),
-                        "counts": dict(bench.counts())}, preset={"name": preset.name, "hash": preset.hash,
+        update_run_info(out, model=spec.to_dict(), seed=seed, preset={"name": preset.name, "hash": preset.hash,
                         "tag": preset.tag, "params": preset.params()}, metrics=list(metrics),
-                        reference=None if reference is None else str(reference))
+                        reference=None if reference is None else str(reference))  # generate_run adds prompts
         timings: dict[str, float] = {}
         t = time.perf_counter()
         gen = generate_run(generator, bench, out, seed=seed, model_spec=spec, progress=progress,

@@ -21,10 +21,12 @@ from tqdm.auto import tqdm
 
 from mme3dr.adapters import GenerationRequest, GenerationResult, Generator, ModelSpec
 from mme3dr.adapters.base import stops_the_run
-from mme3dr.data import PromptRecord
+from mme3dr.data import Benchmark, PromptRecord
 from mme3dr.defaults import DEFAULTS
 from mme3dr.errors import InputError
 from mme3dr.jsonl import append_jsonl, read_jsonl, repair_tail, write_jsonl
+from mme3dr.paths import child_path
+from mme3dr.runinfo import update_run_info
 
 
 class RunConflictError(InputError):
@@ -120,8 +122,15 @@ def generate_run(generator: Generator, prompts: Sequence[PromptRecord], run_dir:
     is :class:`~mme3dr.metrics.weights.MissingWeightsError` (its weights are not there): it propagates at once,
     with its advice text, and nothing is recorded, so the same command works once the weights are provided. Prompts already
     in the log are skipped (so a finished run does no work); ``retry_failed`` generates the failed ones again.
+
+    Every prompt's folder must lie inside ``RUN/assets/`` (:func:`~mme3dr.paths.child_path`): an id that would
+    leave it raises :class:`~mme3dr.paths.UnsafePathError` before anything is written. When ``prompts`` is a
+    :class:`~mme3dr.data.Benchmark`, its provenance goes to ``run.json`` (``prompts``), where scoring finds the
+    checklists of the run's own prompts.
     """
     run_dir = Path(run_dir)
+    for p in prompts:  # an id that would leave RUN/assets/ stops the run before anything is written
+        child_path(run_dir, DEFAULTS.assets_dir, p.id, what="prompt id")
     generator.check()  # missing weights stop the run here, before anything is written
     run_dir.mkdir(parents=True, exist_ok=True)
     spec = model_spec or ModelSpec(f"{type(generator).__module__}:{type(generator).__qualname__}")
@@ -133,6 +142,8 @@ def generate_run(generator: Generator, prompts: Sequence[PromptRecord], run_dir:
             raise RunConflictError(f"{run_dir} already holds generations of model {rec.model} with seed {rec.seed} "
                                    f"(prompt {rec.prompt_id}); this run is {spec.to_dict()} with seed {seed}. "
                                    "Use another --out folder.")
+    if isinstance(prompts, Benchmark):  # scoring reads the checklists from the run's own prompt set
+        update_run_info(run_dir, prompts=prompts.info())
     done = {pid for pid, rec in previous.items()
             if (rec.ok and (asset := rec.resolved_asset(run_dir)) is not None and asset.is_file())
             or (not rec.ok and not retry_failed)}
@@ -178,8 +189,9 @@ def generate_run(generator: Generator, prompts: Sequence[PromptRecord], run_dir:
 
 
 def _fresh_dir(run_dir: Path, prompt_id: str) -> Path:
-    """An empty output folder for one prompt (leftovers of an interrupted attempt are removed)."""
-    path = run_dir / DEFAULTS.assets_dir / prompt_id
+    """An empty output folder for one prompt (leftovers of an interrupted attempt are removed). The folder is
+    proven to lie inside ``RUN/assets/`` (:func:`~mme3dr.paths.child_path`) before anything is deleted."""
+    path = child_path(run_dir, DEFAULTS.assets_dir, prompt_id, what="prompt id")
     if path.exists():
         shutil.rmtree(path)
     path.mkdir(parents=True)

@@ -29,16 +29,33 @@ def package_versions() -> dict[str, str | None]:
     return out
 
 
-def git_commit() -> str | None:
-    """The commit of the toolkit's source checkout (None for an installed wheel or no git)."""
-    here = Path(__file__).resolve().parent
+def _git(checkout: Path, *args: str) -> subprocess.CompletedProcess:
+    """``git -C checkout ARGS`` that never writes to the repository: ``GIT_OPTIONAL_LOCKS=0`` stops ``status``
+    from refreshing the index (and taking ``.git/index.lock``), and the child gets no terminal prompt."""
+    env = {**os.environ, "GIT_OPTIONAL_LOCKS": "0", "GIT_TERMINAL_PROMPT": "0"}
+    return subprocess.run(["git", "-C", str(checkout), *args], capture_output=True, text=True, timeout=5, env=env,
+                          stdin=subprocess.DEVNULL)
+
+
+def git_commit(checkout: Path | str | None = None) -> str | None:
+    """The commit of the toolkit's source checkout, ``+dirty`` when tracked files differ from it; None for an
+    installed package (the package folder is not the top of a git work tree: a wheel installed inside some other
+    repository, e.g. a virtual environment in the user's project, is not mistaken for it) or without git.
+
+    Read-only: it never writes to the checkout (see :func:`_git`), so evaluating leaves the toolkit's repository as
+    it was. ``checkout`` defaults to the folder above the ``mme3dr`` package."""
+    root = Path(checkout) if checkout is not None else Path(__file__).resolve().parent.parent
     try:
-        res = subprocess.run(["git", "-C", str(here), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
-        dirty = subprocess.run(["git", "-C", str(here), "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True, timeout=5).stdout.strip()
+        top = _git(root, "rev-parse", "--show-toplevel")
+        if top.returncode != 0 or Path(top.stdout.strip()).resolve() != root.resolve():
+            return None
+        head = _git(root, "rev-parse", "HEAD")
+        dirty = _git(root, "status", "--porcelain", "--untracked-files=no")
     except (OSError, subprocess.TimeoutExpired):
         return None
-    return (res.stdout.strip() + ("+dirty" if dirty else "")) if res.returncode == 0 else None
+    if head.returncode != 0:
+        return None
+    return head.stdout.strip() + ("+dirty" if dirty.returncode == 0 and dirty.stdout.strip() else "")
 
 
 def hardware() -> dict[str, Any]:

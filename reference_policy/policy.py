@@ -301,7 +301,8 @@ class ReferencePolicy:
     @classmethod
     def from_pretrained(cls, folder: str | Path, device: str = "cpu") -> ReferencePolicy:
         folder = Path(folder)
-        model = Qwen2ForCausalLM.from_pretrained(folder / "model").to(device).eval()
+        # the policy's own format is safetensors: nothing else (no pickled .bin) is read
+        model = Qwen2ForCausalLM.from_pretrained(folder / "model", use_safetensors=True).to(device).eval()
         meta = json.loads((folder / "policy.json").read_text())
         return cls(model, TextTokenizer.load(folder / "tokenizer"), ColourVQVAE.load(folder / "vqvae").to(device),
                    meta["max_plan"])

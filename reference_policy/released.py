@@ -36,7 +36,8 @@ import trimesh
 
 from mme3dr.adapters.base import GenerationRequest, GenerationResult, Generator, check_device
 from mme3dr.errors import InputError
-from mme3dr.metrics.weights import MissingWeightsError, missing_message, resolve_local
+from mme3dr.metrics.weights import (MissingWeightsError, UnsafeWeightsError, missing_message, refusing_code,
+                                   resolve_local)
 from mme3dr.registry import import_target
 from reference_policy.shapellm_vqvae import (CODEBOOK_SIZE, N_TOKENS, ShapeVQVAE, find_vqvae, load_vqvae,
                                              occupancy_to_mesh)
@@ -148,9 +149,12 @@ class ReleasedMeshLLM(Generator):
 
         source = self._source()
         dtype = torch.bfloat16 if str(self.device).startswith("cuda") else torch.float32
-        try:
-            processor = AutoProcessor.from_pretrained(source)
-            net = Qwen2_5_VLForConditionalGeneration.from_pretrained(source, dtype=dtype)
+        try:  # a checkpoint's own Python code is never run, and its weights are read as tensors only
+            with refusing_code(f"mesh-token LLM weights {source}"):
+                processor = AutoProcessor.from_pretrained(source, trust_remote_code=False)
+                net = Qwen2_5_VLForConditionalGeneration.from_pretrained(source, dtype=dtype, weights_only=True)
+        except UnsafeWeightsError:
+            raise
         except (OSError, ValueError) as exc:  # not found, offline, not a model folder
             raise MissingWeightsError(missing_message("mesh-token LLM", self.model, self.model, exc,
                                                       "--model-arg model=")) from exc

@@ -33,7 +33,7 @@ import torch.nn.functional as F
 import trimesh
 from torch import nn
 
-from mme3dr.metrics.weights import MissingWeightsError, missing_message, resolve_local
+from mme3dr.metrics.weights import MissingWeightsError, load_tensors, missing_message, resolve_local
 
 #: Hub repository and file of the released weights.
 VQVAE_REPO = "yejunliang23/3DVQVAE"
@@ -242,7 +242,7 @@ def load_vqvae(path_or_dir: str | Path | None = None, device: str | torch.device
     architecture load the same way.
     """
     path = find_vqvae(path_or_dir)
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    state = load_tensors(path)  # tensors only: a crafted pickle is refused, never run
     model = ShapeVQVAE(channels_of(state), num_embeddings=state["vq.embeddings.weight"].shape[0])
     model.load_state_dict(state, strict=True)
     return model.to(device).eval()

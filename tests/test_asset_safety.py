@@ -147,7 +147,7 @@ def test_the_folder_adapter_refuses_an_asset_linked_from_outside(tmp_path):
     root.mkdir()
     os.symlink(tmp_path / "outside" / "secret.glb", root / "p1.glb")
     req = GenerationRequest("p1", "a box", "spatial", 0, tmp_path / "out")
-    with pytest.raises(ValueError, match="outside the folder"):
+    with pytest.raises(ValueError, match=r"secret.glb, outside .*root \(a symbolic link out of the folder\?\)"):
         FolderGenerator(str(root)).generate_one(req)
 
 

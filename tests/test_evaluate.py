@@ -71,12 +71,6 @@ def test_evaluate_folder_geometry_end_to_end(assets, tmp_path):
     assert again.work_done == 0  # a finished run does no work
 
 
-def _cli_evaluate(folder, run, script):
-    return [sys.executable, "-m", "mme3dr.cli", "evaluate", "--model", "command", "--model-arg",
-            f"cmd={sys.executable} {script} {folder} {{prompt_id}} {{output}}", "--metrics", "geometry",
-            "--limit", str(LIMIT), "--resolution", "48", "--out", str(run), "--no-progress"]
-
-
 SLOW_COPY = textwrap.dedent("""
     import os, shutil, sys, time
     src, pid, out, pids = sys.argv[1:]

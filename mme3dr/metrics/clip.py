@@ -23,7 +23,8 @@ from PIL import Image
 from mme3dr.defaults import DEFAULTS
 from mme3dr.errors import InputError
 from mme3dr.metrics.base import HIGHER, MetricResult, PromptMetric, ScoreItem
-from mme3dr.metrics.weights import MissingWeightsError, local_candidates, missing_message, resolve_local
+from mme3dr.metrics.weights import (MissingWeightsError, UnsafeWeightsError, local_candidates, missing_message,
+                                   refusing_code, resolve_local)
 
 
 @contextmanager
@@ -68,9 +69,12 @@ class ClipModel:
         local = _local_checkpoint(model, pretrained, weights)
         self.pretrained = str(local) if local is not None else pretrained
         try:
-            with _library_logs_silenced():  # open_clip logs its own ERROR line before raising; ours says more
+            # open_clip logs its own ERROR line before raising; ours says more. weights_only: tensors, never code.
+            with _library_logs_silenced(), refusing_code(f"CLIP weights {self.pretrained}"):
                 self.model, _, self.preprocess = open_clip.create_model_and_transforms(
-                    model, pretrained=self.pretrained, device=self.device)
+                    model, pretrained=self.pretrained, device=self.device, weights_only=True)
+        except UnsafeWeightsError:
+            raise
         except Exception as exc:  # offline download, missing or incompatible checkpoint
             raise MissingWeightsError(missing_message("CLIP", f"{model}/{pretrained}", f"{model}-{pretrained}.pt",
                                                       exc, "--clip-weights")) from exc

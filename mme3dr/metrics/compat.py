@@ -36,6 +36,7 @@ from mme3dr.errors import InputError
 from mme3dr.metrics.base import HIGHER, MetricResult, PromptMetric, ScoreItem
 from mme3dr.metrics.clip import ClipModel
 from mme3dr.metrics.features import DinoV2Features
+from mme3dr.paths import child_path
 
 PREPROCESSING = "ar3d-r1-eval"
 
@@ -91,7 +92,7 @@ class Ar3dCompatKD(PromptMetric):
                 "reference_views": "alpha dropped", "generated_views": "on white"}
 
     def score(self, item: ScoreItem) -> MetricResult:
-        ref_dir = self.reference / item.prompt_id
+        ref_dir = child_path(self.reference, item.prompt_id, what="prompt id")
         ref_views = sorted(ref_dir.glob("[0-9][0-9][0-9].png"))
         if not ref_views:
             raise FileNotFoundError(f"no reference renders for {item.prompt_id} in {ref_dir}; ar3d_compat_kd pairs "

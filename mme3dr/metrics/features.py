@@ -2,7 +2,9 @@
 
 - ``inception``: torch-fidelity's ``inception-v3-compat`` (the TF-Inception port used for FID/KID), 2048-d pool3
   features; images resized to 299 inside the extractor. Weights: ``weights=PATH``, else
-  ``$MME3DR_WEIGHTS/weights-inception-2015-12-05-6726825d.pth``, else torch-fidelity's download.
+  ``$MME3DR_WEIGHTS/weights-inception-2015-12-05-6726825d.pth``, else torch-fidelity's download (torch hub cache).
+  The file is read here as tensors only (:func:`~mme3dr.metrics.weights.load_tensors`), never unpickled by
+  torch-fidelity, whose own loader would run any code a crafted file carries.
 - ``dinov2``: DINOv2 CLS-token features from transformers' ``Dinov2Model`` (default ``facebook/dinov2-base``,
   768-d). Preprocessing ``resize224`` (default): images resized to 224x224 (bicubic) and normalised with the
   ImageNet mean/std, the whole view kept. ``ar3d-r1-eval``: what the released AR3D-R1 eval.py does: PIL
@@ -29,7 +31,8 @@ from PIL import Image
 from mme3dr.defaults import DEFAULTS
 from mme3dr.errors import InputError
 from mme3dr.jsonl import atomic_write_bytes
-from mme3dr.metrics.weights import MissingWeightsError, missing_message, resolve_local
+from mme3dr.metrics.weights import (MissingWeightsError, UnsafeWeightsError, load_tensors, missing_message,
+                                   refusing_code, resolve_local)
 
 #: The file name torch-fidelity downloads (the basename of its ``URL_INCEPTION_V3``); put a copy under
 #: ``$MME3DR_WEIGHTS/`` or pass ``--inception-weights PATH``.
@@ -73,12 +76,12 @@ class InceptionFeatures(FeatureExtractor):
     def __init__(self, weights: str | Path | None = None, device: str | None = None,
                  batch_size: int = DEFAULTS.batch_size) -> None:
         super().__init__(device, batch_size)
-        from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
-
         self.path = resolve_local(INCEPTION_FILE, weights)
         try:
-            self.model = FeatureExtractorInceptionV3("inception-v3-compat", ["2048"],
-                                                     feature_extractor_weights_path=None if self.path is None else str(self.path))
+            self.model = inception_from_state(load_tensors(self.path) if self.path is not None
+                                              else _downloaded_inception())
+        except UnsafeWeightsError:
+            raise
         except Exception as exc:  # offline download or a bad file
             raise MissingWeightsError(missing_message("Inception-v3", "torch-fidelity inception-v3-compat",
                                                       INCEPTION_FILE, exc, "--inception-weights")) from exc
@@ -91,6 +94,28 @@ class InceptionFeatures(FeatureExtractor):
     def _forward(self, images: Sequence[Image.Image]) -> torch.Tensor:
         x = torch.stack([torch.from_numpy(np.array(im.convert("RGB"))).permute(2, 0, 1) for im in images])
         return self.model(x.to(self.device))[0]
+
+
+def _downloaded_inception() -> dict[str, torch.Tensor]:
+    """torch-fidelity's Inception-v3 weights from the torch hub cache (downloaded there when missing), read as
+    tensors only."""
+    from torch_fidelity.feature_extractor_inceptionv3 import URL_INCEPTION_V3
+
+    with refusing_code(f"the cached {INCEPTION_FILE} (in {torch.hub.get_dir()}/checkpoints)"):
+        return torch.hub.load_state_dict_from_url(URL_INCEPTION_V3, map_location="cpu", progress=False,
+                                                  weights_only=True)
+
+
+def inception_from_state(state: dict[str, torch.Tensor]) -> torch.nn.Module:
+    """torch-fidelity's ``FeatureExtractorInceptionV3`` holding ``state``: the tensors are handed over through an
+    in-memory copy that this function serialises itself, so torch-fidelity's loader (``torch.load`` with
+    ``weights_only=False``) only ever unpickles plain tensors."""
+    from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
+
+    buf = io.BytesIO()
+    torch.save(dict(state), buf)
+    buf.seek(0)
+    return FeatureExtractorInceptionV3("inception-v3-compat", ["2048"], feature_extractor_weights_path=buf)
 
 
 class DinoV2Features(FeatureExtractor):
@@ -111,7 +136,10 @@ class DinoV2Features(FeatureExtractor):
         local = resolve_local(model) if not Path(model).exists() else Path(model)
         self.source = str(local) if local is not None else model
         try:
-            self.model = Dinov2Model.from_pretrained(self.source)
+            with refusing_code(f"DINOv2 weights {self.source}"):
+                self.model = Dinov2Model.from_pretrained(self.source, weights_only=True)
+        except UnsafeWeightsError:
+            raise
         except Exception as exc:  # offline hub, missing folder
             raise MissingWeightsError(missing_message("DINOv2", model, model, exc, "--dinov2-model")) from exc
         self.model.to(self.device).eval()
@@ -155,7 +183,7 @@ class FeatureCache:
         self.extractor = extractor
         self._store: dict[str, np.ndarray] = {}
         if self.path.exists():
-            with np.load(self.path) as data:
+            with np.load(self.path, allow_pickle=False) as data:
                 self._store = dict(zip(data["keys"].tolist(), data["features"]))
 
     def get(self, keys: Sequence[str], loader) -> np.ndarray:

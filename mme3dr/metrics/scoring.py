@@ -23,19 +23,21 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from mme3dr.categories import CATEGORIES
-from mme3dr.data import load_benchmark
+from mme3dr.data import PACKAGED_SOURCE, ChecklistItem, load_benchmark
 from mme3dr.defaults import DEFAULTS
 from mme3dr.errors import InputError, MissingInputError
-from mme3dr.generation import read_generations
+from mme3dr.generation import GenerationRecord, read_generations
 from mme3dr.jsonl import append_jsonl, atomic_write_text, read_json, read_jsonl, repair_tail, write_jsonl
 from mme3dr.metrics.base import MetricResult, PromptMetric, ScoreItem, composite
 from mme3dr.metrics.weights import WeightsCheck
 from mme3dr.metrics.set_scores import SET_SCORES_REMEDY, SetMetricRecord, SetScore
+from mme3dr.paths import UnsafePathError, child_path
 from mme3dr.registry import did_you_mean
 from mme3dr.render.output import file_sha256, read_render_record
 from mme3dr.render.presets import RenderPreset
 from mme3dr.render.references import REFERENCE_FILE
 from mme3dr.render.runs import RENDERS_DIR
+from mme3dr.runinfo import read_run_info
 
 #: set metric -> (feature extractor, distance)
 SET_METRICS = {"kid": ("inception", "kid"), "fid": ("inception", "fid"),
@@ -157,19 +159,61 @@ def _hashable(path: Path) -> bool:
     return True
 
 
-def _items(run_dir: Path, preset: RenderPreset) -> list[tuple[ScoreItem, dict | None]]:
-    """A ScoreItem per generated asset, with the render record of ``preset`` (None when not rendered)."""
-    checklists = {r.id: r.checklist for r in load_benchmark()}
-    folder = run_dir / RENDERS_DIR / preset.tag
-    out = []
-    for pid, rec in read_generations(run_dir).items():
+class PromptSetMismatchError(InputError):
+    """The prompt set a run is scored against does not hold the run's prompts (ids or texts differ)."""
+
+
+def prompt_location(run_dir: Path) -> str | None:
+    """The prompt set a run was generated from, as ``load_benchmark(source=...)`` takes it: ``run.json``
+    ``prompts.location`` (None: the packaged set). Runs recorded before ``location`` existed give their
+    ``prompts.source`` when it names a file or folder."""
+    prompts = read_run_info(run_dir).get("prompts") or {}
+    if "location" in prompts:
+        return prompts["location"]
+    source = prompts.get("source")
+    return None if source in (None, PACKAGED_SOURCE) or not Path(source).exists() else source
+
+
+def run_checklists(run_dir: Path, gens: dict[str, GenerationRecord],
+                   source: str | None = None) -> dict[str, tuple[ChecklistItem, ...]]:
+    """The checklist of each generated prompt, from the run's own prompt set (``source``, else
+    :func:`prompt_location`). Every prompt must be in that set with the very text it was generated from;
+    otherwise :class:`PromptSetMismatchError` names them, so a judge never asks another prompt's questions."""
+    where = source if source is not None else prompt_location(run_dir)
+    bench = load_benchmark(source=where)
+    by_id = {r.id: r for r in bench}
+    stale = [pid for pid, g in gens.items() if pid not in by_id or by_id[pid].prompt != g.prompt]
+    if stale:
+        shown = ", ".join(stale[:5]) + (f" and {len(stale) - 5} more" if len(stale) > 5 else "")
+        raise PromptSetMismatchError(
+            f"{run_dir}: {len(stale)} generated prompt(s) ({shown}) are missing from {bench.source} or have other "
+            "text there, so their checklists cannot be matched. Score with the prompt set the run was generated "
+            "from: `mme3dr score RUN --source FILE` (or restore the file that run.json names).")
+    return {pid: by_id[pid].checklist for pid in gens}
+
+
+def _items(run_dir: Path, preset: RenderPreset, checklists: bool = True, source: str | None = None
+           ) -> tuple[list[tuple[ScoreItem, dict | None]], dict[str, str]]:
+    """A ScoreItem per generated asset, with the render record of ``preset`` (None when not rendered), and the
+    prompts refused because their id would lead out of the render folder (id -> message). ``checklists``: attach
+    each prompt's checklist (:func:`run_checklists`, from ``source`` or the run's own prompt set)."""
+    gens = read_generations(run_dir)
+    checklists = run_checklists(run_dir, gens, source) if checklists and gens else {}
+    folder = child_path(run_dir, RENDERS_DIR, preset.tag, what="render preset tag")
+    out, refused = [], {}
+    for pid, rec in gens.items():
         asset = rec.resolved_asset(run_dir)
         if asset is None:
             continue
-        render = read_render_record(folder / pid)
+        try:
+            render_dir = child_path(folder, pid, what="prompt id")
+        except UnsafePathError as exc:
+            refused[pid] = str(exc)
+            continue
+        render = read_render_record(render_dir)
         out.append((ScoreItem(pid, rec.category, rec.prompt, checklists.get(pid, ()), asset, rec.up_axis,
-                              folder / pid if render else None), render))
-    return out
+                              render_dir if render else None), render))
+    return out, refused
 
 
 @dataclass
@@ -218,15 +262,20 @@ def build_metrics(metrics: Sequence[str], preset: RenderPreset, reference: Path 
     return BuiltMetrics(prompt, extractors)
 
 
+#: Per-prompt metrics that read the prompt's checklist.
+USES_CHECKLIST = ("vlm",)
+
+
 def score_run(run_dir: Path | str, metrics: Sequence[str], preset: RenderPreset, reference: Path | str | None = None,
               options: ScoreOptions | None = None, progress: bool = True,
-              built: BuiltMetrics | None = None) -> ScoreSummary:
+              built: BuiltMetrics | None = None, source: str | None = None) -> ScoreSummary:
     """Score a run with ``metrics`` (names from PROMPT_METRICS and SET_METRICS); ``built`` reuses
-    :func:`build_metrics` output."""
+    :func:`build_metrics` output. Checklists come from the run's own prompt set (``run.json``), or from
+    ``source`` (a prompt file, dataset folder or hub id) when given; see :func:`run_checklists`."""
     run_dir, options = Path(run_dir), options or ScoreOptions()
     metrics = parse_metrics(metrics)
-    items = _items(run_dir, preset)
-    if not items:
+    items, refused = _items(run_dir, preset, any(m in USES_CHECKLIST for m in metrics), source)
+    if not items and not refused:
         raise MissingInputError(f"{run_dir}: no generated assets; run `mme3dr generate ... --out RUN` first")
     built = built if built is not None else build_metrics(metrics, preset, reference, options)
     ref_folder = _reference_folder(reference, preset) if reference is not None else None
@@ -236,7 +285,7 @@ def score_run(run_dir: Path | str, metrics: Sequence[str], preset: RenderPreset,
     done = {_key(r) for r in read_jsonl(log) if r.get("error") is None}
     for name, metric in built.prompt.items():
         chash = metric.config_hash()
-        summary.scored[name], summary.skipped[name], summary.errors[name] = 0, 0, []
+        summary.scored[name], summary.skipped[name], summary.errors[name] = 0, 0, list(refused.items())
         for item, render in tqdm(items, desc=name, unit="prompt", disable=not progress):
             sha = (render or {}).get("asset_sha256")
             if sha is None and metric.needs == "asset" and _hashable(item.asset_path):
@@ -298,9 +347,12 @@ def score_sets(run_dir: Path, items: list[tuple[ScoreItem, dict | None]], ref_fo
 
     ref = read_json(ref_folder / REFERENCE_FILE, "build the reference set again (`mme3dr references build`)")
     gen_objs = {f"gen:{it.prompt_id}": (it.category, it.render_dir, r["asset_sha256"]) for it, r in items if r}
-    ref_objs = {f"ref:{o['id']}": (o.get("category"), ref_folder / o["id"],
-                                   (read_render_record(ref_folder / o["id"]) or {}).get("asset_sha256", o["id"]))
-                for o in ref["objects"] if o.get("ok")}
+    ref_objs = {}
+    for o in ref["objects"]:
+        if not o.get("ok"):
+            continue
+        d = child_path(ref_folder, str(o["id"]), what=f"{ref_folder / REFERENCE_FILE}: object id")
+        ref_objs[f"ref:{o['id']}"] = (o.get("category"), d, (read_render_record(d) or {}).get("asset_sha256", o["id"]))
     groups = {"overall": list(gen_objs)}
     groups.update({c: [k for k, v in gen_objs.items() if v[0] == c] for c in CATEGORIES})
     groups = {g: objs for g, objs in groups.items() if objs or g == "overall"}

@@ -64,7 +64,8 @@ from mme3dr.defaults import DEFAULTS
 from mme3dr.errors import InputError, Mme3drError
 from mme3dr.metrics.base import HIGHER, LOWER, NONE, MetricResult, PromptMetric, ScoreItem, composite
 from mme3dr.metrics.vlm_parse import AnswerKind, parse_json_answer
-from mme3dr.metrics.weights import MissingWeightsError, missing_message, resolve_local
+from mme3dr.metrics.weights import (MissingWeightsError, UnsafeWeightsError, missing_message, refusing_code,
+                                   resolve_local)
 from mme3dr.render.cameras import positions_from_yaw_pitch, read_transforms
 
 #: Changes whenever a prompt, the view choice or the scoring below changes; part of :meth:`VLMJudge.config`
@@ -300,9 +301,13 @@ class TransformersVLM:
         source = str(resolve_local(self.model, explicit) or self.model)  # a missing explicit path raises here
         device = self.device or ("cuda" if torch.cuda.is_available() else "cpu")
         dtype = self.dtype or (torch.bfloat16 if str(device).startswith("cuda") else torch.float32)
-        try:
-            processor = AutoProcessor.from_pretrained(source)
-            net = AutoModelForImageTextToText.from_pretrained(source, dtype=dtype)
+        try:  # a checkpoint's own Python code is never run, and its weights are read as tensors only
+            with refusing_code(f"VLM judge weights {source}"):
+                processor = AutoProcessor.from_pretrained(source, trust_remote_code=False)
+                net = AutoModelForImageTextToText.from_pretrained(source, dtype=dtype, trust_remote_code=False,
+                                                                  weights_only=True)
+        except UnsafeWeightsError:
+            raise
         except (OSError, ValueError) as exc:  # not found, offline, not a model folder
             raise MissingWeightsError(
                 missing_message("VLM judge", self.model, self.model, exc, option="--vlm-model")) from exc

@@ -1,20 +1,28 @@
-"""Where model weights come from, and the message when they are missing.
+"""Where model weights come from, how they are read, and the message when they are missing.
 
 Order for every model: an explicit local path (``--clip-weights``, ``model_path=...``), then the folder named by
 ``$MME3DR_WEIGHTS`` (``$MME3DR_WEIGHTS/<name>``, where a hub id ``org/model`` may also be stored as
 ``org--model``), then the library's own source (a hub id or pretrained tag, which needs the network or a
 warm cache). A missing file never becomes a silent zero: :class:`MissingWeightsError` says how to supply it.
+
+Weights files are data, never code: every file is read with safetensors or ``torch.load(weights_only=True)``
+(:func:`load_tensors`; PyTorch's restricted unpickler admits tensors, containers and numbers only), libraries are
+asked for the same (``weights_only=True``, ``trust_remote_code=False``), and a file that would need more, such as a
+pickled object or a TorchScript archive, is refused with :class:`UnsafeWeightsError` before any of it runs.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+import pickle
+import re
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from mme3dr.defaults import DEFAULTS
-from mme3dr.errors import MissingInputError
+from mme3dr.errors import InputError, MissingInputError
 
 
 T = TypeVar("T")
@@ -22,6 +30,55 @@ T = TypeVar("T")
 
 class MissingWeightsError(MissingInputError):
     """Model weights could not be found or downloaded; the message says how to provide them."""
+
+
+class UnsafeWeightsError(InputError):
+    """A weights file is not plain tensor data: reading it would run code it carries, so it is refused."""
+
+
+@contextmanager
+def refusing_code(what: str) -> Iterator[None]:
+    """Turn PyTorch's refusals of a ``weights_only`` load (a pickle that names other objects, a TorchScript
+    archive) raised inside the block into :class:`UnsafeWeightsError` naming ``what``."""
+    try:
+        yield
+    except pickle.UnpicklingError as exc:
+        raise UnsafeWeightsError(_unsafe_message(what, exc)) from exc
+    except RuntimeError as exc:
+        if "weights_only" not in str(exc):
+            raise
+        raise UnsafeWeightsError(_unsafe_message(what, exc)) from exc
+
+
+def _unsafe_message(what: str, exc: BaseException) -> str:
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc))
+    # PyTorch's message leads with how to bypass the check; keep only what the file asked for
+    reason = next((line.split("WeightsUnpickler error:", 1)[1].split(". ")[0].strip()
+                   for line in text.splitlines() if "WeightsUnpickler error:" in line), None)
+    reason = reason or (text.strip().splitlines() or ["no message"])[0].split(". ")[0]
+    return (f"refusing to load {what}: it is not plain tensor data, and unpickling it could run code it carries "
+            f"({reason}). Weights are only read as tensors (safetensors, or torch.load with weights_only=True): "
+            "use a state dict saved with torch.save(model.state_dict()) or a .safetensors file, from a source you "
+            "trust.")
+
+
+def load_tensors(path: Path | str) -> dict[str, Any]:
+    """The state dict in ``path``, read without running code: ``.safetensors`` with safetensors, anything else with
+    ``torch.load(map_location="cpu", weights_only=True)``. Raises :class:`UnsafeWeightsError` for a file that is
+    more than tensors, ``ValueError`` for one that is not a mapping of names to tensors."""
+    import torch
+
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(path))
+    with refusing_code(str(path)):
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(state, Mapping) or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
+                                                 for k, v in state.items()):
+        raise ValueError(f"{path}: expected a state dict (parameter name -> tensor), got {type(state).__name__}")
+    return dict(state)
 
 
 class WeightsCheck:

@@ -20,6 +20,7 @@ from mme3dr.asset_files import check_regular_file
 from mme3dr.assets import AssetError, load_asset
 from mme3dr.defaults import DEFAULTS
 from mme3dr.jsonl import append_jsonl, read_jsonl, repair_tail, write_jsonl
+from mme3dr.paths import child_path
 from mme3dr.processes import spawn_pool
 from mme3dr.render.cameras import CameraSet, read_transforms
 from mme3dr.render.output import file_sha256, read_render_record, render_intact, write_render
@@ -44,21 +45,23 @@ class RenderJobResult:
     ok: bool
     folder: str
     error: str | None = None
-    reason: str | None = None  # AssetError reason code, "cameras" or "render"
+    reason: str | None = None  # AssetError reason code, "cameras", "render" or "unsafe_path"
     seconds: float = 0.0
     skipped: bool = False
 
 
 def resolve_cameras(cameras: Path | str | None, key: str) -> str | None:
-    """A transforms.json for ``key``: the file itself, or ``DIR/<key>/transforms.json`` / ``DIR/<key>.json``."""
+    """A transforms.json for ``key``: the file itself, or ``DIR/<key>/transforms.json`` / ``DIR/<key>.json``
+    (both inside ``DIR``: :class:`~mme3dr.paths.UnsafePathError` otherwise)."""
     if cameras is None:
         return None
     path = Path(cameras)
     if path.is_dir():
-        for cand in (path / key / "transforms.json", path / f"{key}.json"):
+        nested = child_path(path, key, "transforms.json", what="prompt id")
+        for cand in (nested, child_path(path, f"{key}.json", what="prompt id")):
             if cand.is_file():
                 return str(cand)
-        return str(path / key / "transforms.json")  # missing: the job reports it
+        return str(nested)  # missing: the job reports it
     return str(path)
 
 
@@ -128,10 +131,11 @@ def _work(task: tuple[RenderJob, str | None]) -> RenderJobResult:
 
 def run_jobs(jobs: Sequence[RenderJob], preset: RenderPreset, index: Path | None = None, workers: int = 1,
              backend: str | None = None, depth: bool = False, normals: bool = False, progress: bool = True,
-             desc: str = "render") -> list[RenderJobResult]:
-    """Render every job; each result is appended to ``index`` as soon as it is known (then compacted)."""
+             desc: str = "render", refused: Sequence[RenderJobResult] = ()) -> list[RenderJobResult]:
+    """Render every job; each result is appended to ``index`` as soon as it is known (then compacted).
+    ``refused``: failures decided before rendering (e.g. an unsafe key), recorded like the others."""
     results: list[RenderJobResult] = []
-    bar = tqdm(total=len(jobs), desc=desc, unit="asset", disable=not progress or not jobs)
+    bar = tqdm(total=len(jobs) + len(refused), desc=desc, unit="asset", disable=not progress or not (jobs or refused))
 
     def record(res: RenderJobResult) -> None:
         results.append(res)
@@ -143,6 +147,8 @@ def run_jobs(jobs: Sequence[RenderJob], preset: RenderPreset, index: Path | None
     if index is not None:
         index.parent.mkdir(parents=True, exist_ok=True)
         repair_tail(index)  # a line torn by a crash is dropped (its job is recorded again below)
+    for res in refused:
+        record(res)
     todo: list[tuple[RenderJob, str | None]] = []
     for job in jobs:  # up-to-date folders need no GL context at all
         try:

@@ -36,7 +36,8 @@ from mme3dr.defaults import DEFAULTS
 from mme3dr.categories import CATEGORIES, resolve_category
 from mme3dr.errors import InputError, MissingInputError
 from mme3dr.jsonl import atomic_write_text, read_json
-from mme3dr.render.jobs import INDEX_FILE, RenderJob, run_jobs
+from mme3dr.paths import UnsafePathError, child_path
+from mme3dr.render.jobs import INDEX_FILE, RenderJob, RenderJobResult, run_jobs
 from mme3dr.render.presets import RenderPreset
 from mme3dr.render.runs import RenderSummary, summarise
 
@@ -47,20 +48,26 @@ def _mesh_files(folder: Path) -> list[Path]:
     return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in ASSET_SUFFIXES)
 
 
-def folder_objects(meshes: Path) -> list[dict]:
-    """One object per mesh file under ``meshes``; id = relative path without suffix, '/' -> '__'."""
-    objs = []
+def folder_objects(meshes: Path) -> tuple[list[dict], list[dict]]:
+    """(objects, refused) for every mesh file under ``meshes``; id = relative path without suffix, '/' -> '__'.
+    A file that is a symbolic link out of ``meshes`` is refused (listed with its error), not read."""
+    objs, refused = [], []
     for p in _mesh_files(meshes):
         rel = p.relative_to(meshes)
-        objs.append({"id": "__".join(rel.with_suffix("").parts), "path": str(p),
-                     "source_class": rel.parts[0] if len(rel.parts) > 1 else None, "source": rel.as_posix()})
-    if not objs:
+        entry = {"id": "__".join(rel.with_suffix("").parts),
+                 "source_class": rel.parts[0] if len(rel.parts) > 1 else None, "source": rel.as_posix()}
+        try:
+            objs.append({**entry, "path": str(child_path(meshes, *rel.parts, what="reference mesh"))})
+        except UnsafePathError as exc:
+            refused.append({**entry, "error": str(exc)})
+    if not objs and not refused:
         raise MissingInputError(f"no mesh files ({', '.join(ASSET_SUFFIXES)}) under {meshes}")
-    return objs
+    return objs, refused
 
 
 def toys4k_objects(toys4k: Path, csv_path: Path) -> tuple[list[dict], list[dict]]:
-    """(objects found, rows whose mesh is missing) for every row of ``Toys4k.csv``."""
+    """(objects found, rows whose mesh is missing or would be read from outside ``toys4k``) for every row of
+    ``Toys4k.csv``."""
     df = pd.read_csv(csv_path)
     missing_cols = {"sha256", "file_identifier"} - set(df.columns)
     if missing_cols:
@@ -68,11 +75,18 @@ def toys4k_objects(toys4k: Path, csv_path: Path) -> tuple[list[dict], list[dict]
     objs, missing = [], []
     for row in df.itertuples():
         ident = Path(str(row.file_identifier))
-        direct = toys4k / ident
-        cands = [direct] if direct.suffix.lower() in ASSET_SUFFIXES and direct.is_file() else []
-        obj_dir = toys4k / ident.parent
-        cands = cands or (_mesh_files(obj_dir) if obj_dir.is_dir() else [])
-        entry = {"id": str(row.sha256), "source_class": ident.parts[0], "source": ident.as_posix()}
+        entry = {"id": str(row.sha256), "source_class": ident.parts[0] if ident.parts else "",
+                 "source": ident.as_posix()}
+        try:
+            direct = child_path(toys4k, *ident.parts, what="Toys4k.csv file_identifier")
+            obj_dir = child_path(toys4k, *ident.parent.parts, what="Toys4k.csv file_identifier") \
+                if ident.parent.parts else toys4k
+            cands = [direct] if direct.suffix.lower() in ASSET_SUFFIXES and direct.is_file() else []
+            cands = cands or [child_path(toys4k, *p.relative_to(toys4k).parts, what="Toys4K mesh")
+                              for p in (_mesh_files(obj_dir) if obj_dir.is_dir() else [])]
+        except UnsafePathError as exc:
+            missing.append({**entry, "error": str(exc)})
+            continue
         if cands:
             objs.append({**entry, "path": str(cands[0])})
         else:
@@ -135,7 +149,7 @@ def build_references(out: Path | str, preset: RenderPreset, meshes: Path | str |
             raise InputError("--toys4k needs --toys4k-csv (TRELLIS-500K's Toys4k.csv)")
         objs, missing = toys4k_objects(Path(toys4k), Path(toys4k_csv))
     else:
-        objs, missing = folder_objects(Path(meshes)), []
+        objs, missing = folder_objects(Path(meshes))
     mapping = (None if category_map is None else dict(category_map) if isinstance(category_map, Mapping)
                else read_category_map(category_map))
     if mapping is not None:
@@ -146,15 +160,20 @@ def build_references(out: Path | str, preset: RenderPreset, meshes: Path | str |
         raise InputError(f"the category map matches no reference object (e.g. {unmatched[0]!r}); its keys must be "
                          f"object ids (Toys4K: sha256), source paths or classes, e.g. {example['id']!r} or "
                          f"{example['source']!r}")
-    folder = Path(out) / preset.tag
-    jobs = [RenderJob(o["id"], o["path"], str(folder / o["id"]), up_axis, None,
-                      {"category": o["category"], "source": o["source"]}) for o in objs]
+    folder = child_path(out, preset.tag, what="render preset tag")
+    jobs, refused = [], []
+    for o in objs:  # ids come from a CSV or from file names: each folder must stay inside REF/<preset>-<hash>/
+        try:
+            jobs.append(RenderJob(o["id"], o["path"], str(child_path(folder, o["id"], what="reference object id")),
+                                  up_axis, None, {"category": o["category"], "source": o["source"]}))
+        except UnsafePathError as exc:
+            refused.append(RenderJobResult(o["id"], False, "", str(exc), "unsafe_path"))
     map_info = None if mapping is None else {
         "file": None if isinstance(category_map, Mapping) else str(category_map), "entries": len(mapping),
         "objects_per_category": {c: sum(o["category"] == c for o in objs) for c in CATEGORIES},
         "unmatched": unmatched}
     results = {r.key: r for r in run_jobs(jobs, preset, folder / INDEX_FILE, workers, backend, progress=progress,
-                                          desc="references")}
+                                          desc="references", refused=refused)}
     entries = [{**o, "ok": results[o["id"]].ok, "error": results[o["id"]].error} for o in objs]
     entries += [{**m, "ok": False} for m in missing]
     atomic_write_text(folder / REFERENCE_FILE, json.dumps({

@@ -8,6 +8,7 @@ from pathlib import Path
 from mme3dr.defaults import DEFAULTS
 from mme3dr.errors import MissingInputError
 from mme3dr.generation import read_generations
+from mme3dr.paths import UnsafePathError, child_path
 from mme3dr.render.jobs import INDEX_FILE, RenderJob, RenderJobResult, resolve_cameras, run_jobs
 from mme3dr.render.presets import RenderPreset
 
@@ -38,22 +39,31 @@ def summarise(folder: Path, results: list[RenderJobResult], not_generated: list[
 def render_run(run_dir: Path | str, preset: RenderPreset, cameras: Path | str | None = None, workers: int = 1,
                backend: str | None = None, depth: bool = False, normals: bool = False,
                progress: bool = True) -> RenderSummary:
-    """Render every generated asset of a run into ``RUN/renders/<preset>-<hash>/<prompt_id>/``."""
+    """Render every generated asset of a run into ``RUN/renders/<preset>-<hash>/<prompt_id>/``.
+
+    A prompt id that would put its folder outside that folder (a hand-edited or foreign ``generations.jsonl``)
+    fails with reason ``unsafe_path`` and nothing is written for it."""
     run_dir = Path(run_dir)
     records = read_generations(run_dir)
     if not records:
         raise MissingInputError(f"{run_dir / DEFAULTS.generations_file} is missing or empty; "
                                 "run `mme3dr generate ... --out RUN` first")
-    folder = run_dir / RENDERS_DIR / preset.tag
-    jobs, not_generated = [], []
+    folder = child_path(run_dir, RENDERS_DIR, preset.tag, what="render preset tag")
+    jobs, refused, not_generated = [], [], []
     for pid, rec in records.items():
         asset = rec.resolved_asset(run_dir)
         if not rec.ok or asset is None:
             not_generated.append(pid)
             continue
-        jobs.append(RenderJob(pid, str(asset), str(folder / pid), rec.up_axis, resolve_cameras(cameras, pid),
-                              {"category": rec.category}))
-    results = run_jobs(jobs, preset, folder / INDEX_FILE, workers, backend, depth, normals, progress)
+        try:
+            out = child_path(folder, pid, what="prompt id")
+            cams = resolve_cameras(cameras, pid)
+        except UnsafePathError as exc:
+            refused.append(RenderJobResult(pid, False, "", str(exc), "unsafe_path"))
+            continue
+        jobs.append(RenderJob(pid, str(asset), str(out), rec.up_axis, cams, {"category": rec.category}))
+    results = run_jobs(jobs, preset, folder / INDEX_FILE, workers, backend, depth, normals, progress,
+                       refused=refused)
     return summarise(folder, results, not_generated)
 
 

@@ -13,6 +13,7 @@ from mme3dr.categories import CATEGORIES
 from mme3dr.defaults import WORST_VALUES
 from mme3dr.errors import InputError
 from mme3dr.jsonl import atomic_write_text
+from mme3dr.paths import UnsafePathError, child_path
 from mme3dr.report import plots as P
 from mme3dr.report.html import render_html
 from mme3dr.report.tables import (FAILURE_POLICY, SET_INFO_COLUMNS, RunData, beside, directions, leaderboard,
@@ -33,11 +34,20 @@ class ReportFiles:
 
 
 def _render_folder(run: RunData) -> Path | None:
+    """The run's render folder of its preset (``run.json``), else its first one; never a folder outside the run."""
     tag = (run.info.get("preset") or {}).get("tag")
-    if tag and (run.path / RENDERS_DIR / tag).is_dir():
-        return run.path / RENDERS_DIR / tag
-    found = sorted((run.path / RENDERS_DIR).glob("*/")) if (run.path / RENDERS_DIR).is_dir() else []
-    return found[0] if found else None
+    try:
+        folder = child_path(run.path, RENDERS_DIR, str(tag), what="run.json preset tag") if tag else None
+    except UnsafePathError:
+        folder = None
+    if folder is not None and folder.is_dir():
+        return folder
+    for found in sorted((run.path / RENDERS_DIR).glob("*/")) if (run.path / RENDERS_DIR).is_dir() else []:
+        try:  # a link out of the run is skipped
+            return child_path(run.path, RENDERS_DIR, found.name, what="render folder")
+        except UnsafePathError:
+            continue
+    return None
 
 
 DETAIL_COLUMNS = ("micro", "micro_lo", "micro_hi", "micro_se", "micro_std", "micro_worst", "macro", "n", "n_missing")

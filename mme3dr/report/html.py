@@ -1,5 +1,10 @@
 """A self-contained HTML report: sortable leaderboard, plots, and a per-prompt gallery (contact sheets with their
-scores and the VLM judge's checklist answers). Images are embedded (base64), so the file stands alone."""
+scores and the VLM judge's checklist answers). Images are embedded (base64), so the file stands alone.
+
+Every value that reaches the page comes from run folders, which may be someone else's (run names, model
+arguments, prompts, checklists, judge answers, errors, metric keys, file names, warnings), so each one goes
+through :func:`esc` (HTML escaping of ``& < > " '``), in text and in attributes alike; the page's only markup and
+script are the constants of this module."""
 
 from __future__ import annotations
 
@@ -12,6 +17,8 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
+from mme3dr.paths import UnsafePathError, child_path
+from mme3dr.render.output import CONTACT_SHEET
 from mme3dr.report.tables import FAILURE_POLICY, RunData
 
 SORT_JS = """
@@ -50,6 +57,11 @@ th[data-dir=desc]::after { content: ' \\25BC'; } td:first-child, th:first-child 
 """
 
 
+def esc(value: object) -> str:
+    """``str(value)`` escaped for HTML text and quoted attribute values (``& < > " '``)."""
+    return html.escape(str(value), quote=True)
+
+
 def _num(v) -> str:
     return "" if v is None or (isinstance(v, float) and np.isnan(v)) else f"{v:.4g}"
 
@@ -64,40 +76,55 @@ def _img_data(path: Path, width: int | None = None, fmt: str = "JPEG") -> str:
 
 
 def table(df: pd.DataFrame, caption: str = "") -> str:
-    head = "".join(f"<th>{html.escape(str(c))}</th>" for c in df.columns)
+    head = "".join(f"<th>{esc(c)}</th>" for c in df.columns)
     rows = []
     for _, r in df.iterrows():
         cells = []
         for v in r:
             if isinstance(v, (float, np.floating)):
-                cells.append(f'<td data-v="{"" if np.isnan(v) else v}">{_num(float(v))}</td>')
+                cells.append(f'<td data-v="{"" if np.isnan(v) else esc(v)}">{esc(_num(float(v)))}</td>')
             else:
-                cells.append(f"<td>{html.escape(str(v))}</td>")
+                cells.append(f"<td>{esc(v)}</td>")
         rows.append("<tr>" + "".join(cells) + "</tr>")
-    cap = f"<caption>{html.escape(caption)}</caption>" if caption else ""
+    cap = f"<caption>{esc(caption)}</caption>" if caption else ""
     return f'<table class="sortable">{cap}<thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table>'
+
+
+def _sheet(folder: Path | None, prompt_id: str) -> Path | None:
+    """The prompt's contact sheet under ``folder`` (None when there is no folder or the id would lead out of it)."""
+    if folder is None:
+        return None
+    try:
+        return child_path(folder, str(prompt_id), CONTACT_SHEET, what="prompt id")
+    except UnsafePathError:
+        return None
 
 
 def _card(run: RunData, row: pd.Series, sheet: Path | None) -> str:
     pid = row["prompt_id"]
     vals = run.values[run.values["prompt_id"] == pid]
     score_txt = ", ".join(f"{k}={_num(v)}" for k, v in zip(vals["key"], vals["value"]))
-    parts = [f"<b>{html.escape(pid)}</b> <span class='meta'>{html.escape(row['category'])}</span>",
-             f"<div>{html.escape(row['prompt'])}</div>"]
+    parts = [f"<b>{esc(pid)}</b> <span class='meta'>{esc(row['category'])}</span>",
+             f"<div>{esc(row['prompt'])}</div>"]
     if not row["generated"]:
         parts.append("<div class='bad'>generation failed</div>")
     elif sheet is not None and sheet.exists():
-        parts.append(f"<img alt='{html.escape(pid)}' src='{_img_data(sheet, 380)}'>")
-    parts.append(f"<div class='meta'>{html.escape(score_txt) or 'no scores'}</div>")
+        parts.append(f"<img alt='{esc(pid)}' src='{esc(_img_data(sheet, 380))}'>")
+    parts.append(f"<div class='meta'>{esc(score_txt) or 'no scores'}</div>")
     for (p, metric), rec in run.details.items():
         if p != pid:
             continue
         if rec.get("error"):
-            parts.append(f"<div class='bad'>{html.escape(metric)}: {html.escape(str(rec['error']))}</div>")
-        for check in (rec.get("details") or {}).get("checklist", []) or []:
-            mark = {True: "ok", False: "bad"}.get(check.get("correct"), "meta")
-            parts.append(f"<div class='{mark}'>{html.escape(check['question'])} expected {check['expected']}, "
-                         f"judge: {html.escape(str(check.get('answer')))}</div>")
+            parts.append(f"<div class='bad'>{esc(metric)}: {esc(rec['error'])}</div>")
+        details = rec.get("details")
+        checks = details.get("checklist") if isinstance(details, dict) else None
+        for check in checks if isinstance(checks, list) else []:
+            if not isinstance(check, dict):
+                continue
+            correct = check.get("correct")
+            mark = "ok" if correct is True else "bad" if correct is False else "meta"
+            parts.append(f"<div class='{mark}'>{esc(check.get('question'))} expected {esc(check.get('expected'))}, "
+                         f"judge: {esc(check.get('answer'))}</div>")
     return "<div class='card'>" + "".join(parts) + "</div>"
 
 
@@ -112,26 +139,25 @@ def render_html(runs: list[RunData], wide: pd.DataFrame, detail_tables: dict[str
     micro_cols = [c for c in wide.columns if c.endswith((":micro", ":micro:reference_subset"))]
     board = wide[micro_cols].rename(columns=lambda c: c.replace(":micro:reference_subset", " reference")
                                     .removesuffix(":micro")).reset_index()
-    body = [f"<h1>{html.escape(title)}</h1>", table(head, "runs"),
-            f"<p class='policy'>{html.escape(FAILURE_POLICY)}</p>"]
+    body = [f"<h1>{esc(title)}</h1>", table(head, "runs"),
+            f"<p class='policy'>{esc(FAILURE_POLICY)}</p>"]
     if warnings:
         body.append("<div class='policy'><b>Warnings</b><ul>"
-                    + "".join(f"<li>{html.escape(w)}</li>" for w in warnings) + "</ul></div>")
+                    + "".join(f"<li>{esc(w)}</li>" for w in warnings) + "</ul></div>")
     body += ["<h2>Leaderboard (overall micro means; click a header to sort)</h2>", table(board)]
     for key, df in detail_tables.items():
-        body += [f"<h3>{html.escape(key)}</h3>", table(df)]
+        body += [f"<h3>{esc(key)}</h3>", table(df)]
     if paired is not None and not paired.empty:
         body += ["<h2>Paired differences (a - b) on the prompts both runs attempted</h2>",
                  table(paired, "95% interval (lo, hi): paired bootstrap over prompts")]
     if plots:
         body.append("<h2>Plots</h2><div class='plots'>")
-        body += [f"<img alt='{html.escape(p.stem)}' src='{_img_data(p, fmt='PNG')}'>" for p in plots if p.suffix == ".png"]
+        body += [f"<img alt='{esc(p.stem)}' src='{esc(_img_data(p, fmt='PNG'))}'>" for p in plots if p.suffix == ".png"]
         body.append("</div>")
     for run in runs:
         folder = sheets.get(run.name)
-        body.append(f"<h2>Gallery: {html.escape(run.name)}</h2><div class='gallery'>")
-        body += [_card(run, row, None if folder is None else folder / row["prompt_id"] / "contact_sheet.png")
-                 for _, row in run.prompts.iterrows()]
+        body.append(f"<h2>Gallery: {esc(run.name)}</h2><div class='gallery'>")
+        body += [_card(run, row, _sheet(folder, row["prompt_id"])) for _, row in run.prompts.iterrows()]
         body.append("</div>")
-    return (f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+    return (f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>{esc(title)}</title>"
             f"<style>{CSS}</style></head><body>{''.join(body)}<script>{SORT_JS}</script></body></html>")

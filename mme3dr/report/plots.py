@@ -3,6 +3,9 @@ per-prompt distributions, one figure of each kind per metric value."""
 
 from __future__ import annotations
 
+import functools
+import hashlib
+import re
 from pathlib import Path
 
 import matplotlib
@@ -13,19 +16,41 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from mme3dr.categories import CATEGORIES  # noqa: E402
+from mme3dr.paths import child_path  # noqa: E402
 
 SHORT = {"spatial": "Spatial", "mechanical": "Mechanical", "biological": "Biological",
          "world-knowledge": "World-knowl.", "stylized": "Stylized"}
 
 
+def _literal_text(fn):
+    """Draw with ``text.parse_math`` off: run names and metric keys come from run folders, and a ``$...$`` in one
+    would otherwise be parsed as mathtext (and a malformed one stop the report)."""
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        with matplotlib.rc_context({"text.parse_math": False}):
+            return fn(*args, **kwargs)
+    return wrapper
+
+
+def file_stem(stem: str) -> str:
+    """``stem`` as a file name: characters other than letters, digits, ``.``, ``_`` and ``-`` become ``_`` and
+    the name is cut to 80 characters; a changed stem gets 8 hex digits of its sha256. Metric keys from a foreign
+    ``scores.jsonl`` (which may hold ``/``, ``..`` or a kilobyte of text) can neither leave the plots folder, nor
+    exceed the file system's name limit, nor collide."""
+    safe = re.sub(r"[^A-Za-z0-9._-]", "_", stem).strip(".")[:80] or "_"
+    return safe if safe == stem else f"{safe}-{hashlib.sha256(stem.encode()).hexdigest()[:8]}"
+
+
 def _save(fig, folder: Path, stem: str) -> list[Path]:
-    paths = [folder / f"{stem}.png", folder / f"{stem}.svg"]
+    name = file_stem(stem)
+    paths = [child_path(folder, f"{name}.png", what="plot"), child_path(folder, f"{name}.svg", what="plot")]
     fig.savefig(paths[0], dpi=120, bbox_inches="tight")
     fig.savefig(paths[1], bbox_inches="tight")
     plt.close(fig)
     return paths
 
 
+@_literal_text
 def radar(board: pd.DataFrame, key: str, folder: Path) -> list[Path]:
     """Category means of ``key``, one polygon per run."""
     sub = board[(board["key"] == key) & board["column"].isin(list(CATEGORIES))]
@@ -44,6 +69,7 @@ def radar(board: pd.DataFrame, key: str, folder: Path) -> list[Path]:
     return _save(fig, folder, f"radar_{key}")
 
 
+@_literal_text
 def grouped_bars(board: pd.DataFrame, key: str, folder: Path) -> list[Path]:
     """Bars per category (and overall micro) per run, with bootstrap 95% intervals."""
     sub = board[board["key"] == key]
@@ -67,6 +93,7 @@ def grouped_bars(board: pd.DataFrame, key: str, folder: Path) -> list[Path]:
     return _save(fig, folder, f"bars_{key}")
 
 
+@_literal_text
 def distributions(values: dict[str, pd.Series], key: str, folder: Path) -> list[Path]:
     """Box plot of per-prompt values of ``key``, one box per run."""
     data = {run: s.dropna().to_numpy() for run, s in values.items() if s.notna().any()}
