@@ -248,11 +248,6 @@ def test_memory_and_time_stay_within_budget(corpus):
     assert per_asset and max(per_asset) < DEFAULTS.asset_timeout_s
 
 
-PROMPT_ID_XFAIL = pytest.mark.xfail(strict=False, reason="prompt-id validation is point 1 of issue 13 (mme3dr/data.py, "
-                                    "another branch); make these plain tests once it is merged")
-
-
-@PROMPT_ID_XFAIL
 @pytest.mark.parametrize("bad_id", [*H.HOSTILE_IDS, "ABSOLUTE"])
 def test_hostile_prompt_ids_are_refused_on_load(bad_id, tmp_path):
     """A prompt id that names a path (``../../x``, an absolute path, ``a/b``) is refused when the prompt file is
@@ -266,7 +261,6 @@ def test_hostile_prompt_ids_are_refused_on_load(bad_id, tmp_path):
     assert "id" in str(info.value) and (bad_id in str(info.value) or repr(bad_id) in str(info.value))
 
 
-@PROMPT_ID_XFAIL
 @pytest.mark.slow
 @pytest.mark.parametrize("bad_id", ["../../victim", "ABSOLUTE"])
 def test_hostile_prompt_ids_stop_generate_with_one_line(bad_id, tmp_path):
