@@ -160,3 +160,25 @@ def test_two_processes_make_the_one_process_update(init: Path, tmp_path: Path) -
     log2 = json.loads((tmp_path / "two" / "log.jsonl").read_text())
     assert log1["r2"] == pytest.approx(log2["r2"]) and log1["loss"] == pytest.approx(log2["loss"], rel=1e-4)
     assert log1["grad_norm"] == pytest.approx(log2["grad_norm"], rel=1e-4)
+
+
+def test_final_policy_in_bfloat16_loads_as_float32(tmp_path: Path) -> None:
+    from reference_policy.policy import ReferencePolicy, detail_plan
+    from reference_policy.rl.train import save_policy
+    from reference_policy.tokenizer import TextTokenizer
+    from reference_policy.vqvae import ColourVQVAE, VQConfig
+    from reference_policy.world import generate
+
+    samples = generate(2, "train", 0)
+    tok = TextTokenizer.train([t for s in samples for t in (*s.prompts, s.plan, detail_plan(s.parts))], 16, 32)
+    policy = ReferencePolicy(ReferencePolicy.build_model(tok, hidden=32, layers=1, heads=2), tok,
+                             ColourVQVAE(VQConfig(width=8, code_dim=8, n_coarse=16, n_fine=32)).eval(), max_plan=8)
+    save_policy(policy, tmp_path / "f32")
+    save_policy(policy, tmp_path / "bf16", "bfloat16")
+    size = {k: (tmp_path / k / "model" / "model.safetensors").stat().st_size for k in ("f32", "bf16")}
+    assert size["bf16"] < 0.6 * size["f32"]
+    again = ReferencePolicy.from_pretrained(tmp_path / "bf16")
+    for name, p in again.model.state_dict().items():
+        assert p.dtype == torch.float32
+        assert torch.equal(p, policy.model.state_dict()[name].to(torch.bfloat16).float())
+    assert next(policy.model.parameters()).dtype == torch.float32  # the trained model itself is untouched

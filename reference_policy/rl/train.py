@@ -204,8 +204,9 @@ class PromptStream:
     def sample(self, k: int) -> WorldSample:
         j = k % self.pool if self.pool else k
         chunk = j // PROMPT_CHUNK
-        if chunk not in self._chunks:
-            self._chunks = {chunk: generate(PROMPT_CHUNK, "train", _seed(self.seed, 7, chunk))}
+        if chunk not in self._chunks:  # generate(n) is a prefix of generate(m > n): a pool draws only its own
+            n = min(PROMPT_CHUNK, self.pool - chunk * PROMPT_CHUNK) if self.pool else PROMPT_CHUNK
+            self._chunks = {chunk: generate(n, "train", _seed(self.seed, 7, chunk))}
         return self._chunks[chunk][j % PROMPT_CHUNK]
 
     def prompt(self, k: int) -> str:
