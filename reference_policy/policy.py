@@ -372,15 +372,15 @@ class ReferencePolicy:
         for r, (c, seg) in enumerate(zip(contexts, segments)):
             ids[r, wc - len(c):wc + len(seg)] = torch.tensor([*c, *seg])
             attention[r, wc - len(c):wc + len(seg)] = 1
-        ids, attention = ids.to(dev), attention.to(dev)
-        target = ids[:, wc:]
-        valid = attention[:, wc:].bool()
-        state = GrammarState([grammar_of(seg) for seg in segments], self.max_plan, dev)
-        classes = torch.empty((b, t_max), dtype=torch.long, device=dev)
+        # the grammar walk runs on the host: ~10 tiny tensor ops per position are cheaper there than as kernels
+        target, valid = ids[:, wc:], attention[:, wc:].bool()
+        state = GrammarState([grammar_of(seg) for seg in segments], self.max_plan, "cpu")
+        classes = torch.empty((b, t_max), dtype=torch.long)
         for t in range(t_max):
             classes[:, t] = state.classes()
             state.advance(target[:, t])
-        classes = torch.where(valid, classes, PAD)
+        classes = torch.where(valid, classes, PAD).to(dev)
+        ids, attention, target, valid = ids.to(dev), attention.to(dev), target.to(dev), valid.to(dev)
         table = class_masks(self.tokenizer, dev)
         position = (attention.cumsum(-1) - 1).clamp(min=0)
         logits = (model or self.model)(input_ids=ids[:, :-1], attention_mask=attention[:, :-1],

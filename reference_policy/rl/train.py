@@ -505,7 +505,7 @@ class Trainer:
                 if self.dist.main:  # the same on every rank: counted once
                     add("grad_norm", float(grad_norm), 1.0)
                 # this rank's share of the minibatch loss; the shares sum to it, one count per minibatch
-                add("loss", 0.0, 1.0 if self.dist.main else 0.0, total=float(loss) / self.dist.world)
+                add("loss", 0.0, 1.0 if self.dist.main else 0.0, total=loss.item() / self.dist.world)
                 if empty:
                     continue
                 for part, m in parts:
