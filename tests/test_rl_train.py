@@ -20,7 +20,9 @@ from safetensors.torch import load_file
 
 from reference_policy.policy import StepRollout
 from reference_policy.rl import algos
-from reference_policy.rl.train import SMOKE, Group, HiGRPOConfig, build_update_batch, group_kept
+from reference_policy.rl.batch import build_update_batch, group_kept
+from reference_policy.rl.config import SMOKE, HiGRPOConfig
+from reference_policy.rl.rollout import Group
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",

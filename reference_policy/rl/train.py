@@ -5,8 +5,9 @@ Data-parallel: ``torchrun --nproc_per_node N -m reference_policy.rl.train ...`` 
 
 One step (``P = prompts_per_step``, ``G = num_generations``, ``C = num_children``):
 
-1. rollouts: P prompts from the stream (the training split of the procedural world; sample ``k`` of the stream
-   is drawn by ``generate(PROMPT_CHUNK, "train", ...)`` chunk by chunk, paraphrase ``k % 3``), split over the
+1. rollouts (:mod:`.rollout`): P prompts from the stream (the training split of the procedural world; sample
+   ``k`` of the stream is drawn by ``generate(PROMPT_CHUNK, "train", ...)`` chunk by chunk, paraphrase ``k % 3``),
+   split over the
    ranks (the G samples of a prompt stay on one rank). Each prompt gets G step-1 samples and each step-1 sample
    C step-2 children, decoded in batches with the static-cache constrained decoding at ``temperature`` and
    ``top_k`` (defaults 1 and none: the recorded log-probs are then those of the distribution the tokens were
@@ -14,11 +15,11 @@ One step (``P = prompts_per_step``, ``G = num_generations``, ``C = num_children`
    so a rollout does not depend on the rank or batch it was decoded in;
 2. rewards (:mod:`reference_policy.rl.rewards`): step 1 scores the coarse grid of a step-1 sample (the VQ-VAE's
    ``decode_coarse``), step 2 the final grid of a child; the groups of all ranks are then gathered on every rank;
-3. dynamic sampling (``dynamic_sampling``): a prompt is kept when its step-1 group (coupled rewards) or one of its
+3. dynamic sampling (``dynamic_sampling``, :func:`.batch.group_kept`): a prompt is kept when its step-1 group (coupled rewards) or one of its
    step-2 groups has reward spread (:func:`~.algos.groups_with_spread`); rounds of P fresh prompts are drawn until
    P are kept or ``max_sampling_rounds`` rounds are done; at most P are used. Within a kept prompt, a step
    group without spread carries no loss. ``kept_frac`` = kept / drawn prompts;
-4. advantages (:func:`~.algos.hi_grpo_advantages`): ``A1`` from ``R1' = R1 + lambda mean_c R2`` over a prompt's
+4. advantages (:func:`.batch.build_update_batch`, :func:`~.algos.hi_grpo_advantages`): ``A1`` from ``R1' = R1 + lambda mean_c R2`` over a prompt's
    G samples (``R1 = 0`` with ``step1_reward=False``), ``A2`` from ``R2`` in the step-2 groups; with
    ``paradigm="one-step"`` both segments are one sequence with one advantage from ``R2`` (GRPO on the final
    output);
@@ -46,8 +47,9 @@ last steps, seconds). Running the same command again resumes from ``state.pt`` (
 ends with the weights of an uninterrupted run (CPU; on CUDA up to non-deterministic kernels); ``state.pt`` can be
 deleted once the run is finished.
 
-``--smoke``: a tiny task for CI (:data:`SMOKE`): a tiny policy pretrained in-process on 16 samples
-(``pretrain.SMOKE``, a few seconds) into ``OUT/init`` unless ``--init`` is given, then Hi-GRPO on two prompts.
+``--smoke``: a tiny task for CI (:data:`~.config.SMOKE`, one intra-op thread): a tiny policy pretrained in-process on
+16 samples (:func:`smoke_init`, about 20 s) into ``OUT/init`` unless ``--init`` is given, then 12 Hi-GRPO steps on
+two prompts (about 30 s on a 2-core CPU), over which the step-2 reward rises (tested).
 """
 
 from __future__ import annotations
@@ -57,94 +59,25 @@ import copy
 import json
 import os
 import random
-import sys
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field, fields, replace
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.distributed as dist
 
-from reference_policy.policy import ReferencePolicy, StepRollout
+from reference_policy.policy import ReferencePolicy
 from reference_policy.rl import algos
-from reference_policy.rl.rewards import RewardBatch, RewardEnsemble, step1_rewards, step2_rewards
+from reference_policy.rl.batch import UpdateBatch, build_update_batch, group_kept
+from reference_policy.rl.config import RESUMABLE_CHANGES, SAVE_DTYPES, SMOKE, HiGRPOConfig
+from reference_policy.rl.rewards import step1_rewards, step2_rewards
+from reference_policy.rl.rollout import Group, PromptStream, derive_seed, rollout_groups
 from reference_policy.trainutil import (Panel, RunLog, atomic_torch_save, atomic_write_text, plot_curves,
                                         seed_all)
-from reference_policy.world import WorldSample, generate
 
 CHECKPOINT = Path(__file__).resolve().parents[1] / "checkpoint"
-PROMPT_CHUNK = 256
-PARADIGMS = ("hi-grpo", "one-step")
-SAVE_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-@dataclass(frozen=True)
-class HiGRPOConfig:
-    """Settings of a run (defaults: the paper's where they fit this scale; names as TRL / verl, see
-    :mod:`reference_policy.rl.algos`). Ablations: ``loss_agg_mode``, ``dynamic_sampling``, ``beta=0``,
-    ``epsilon_high=0.2`` (symmetric clipping), ``importance_sampling_level="sequence"`` (GSPO),
-    ``step1_reward``, ``coupling_lambda``, ``paradigm="one-step"``."""
-
-    prompts_per_step: int = 8
-    num_generations: int = 8
-    num_children: int = 1
-    paradigm: str = "hi-grpo"
-    coupling_lambda: float = 1.0
-    step1_reward: bool = True
-    epsilon: float = 0.2
-    epsilon_high: float = 0.28
-    beta: float = 0.01
-    loss_agg_mode: str = "token-mean"
-    importance_sampling_level: str = "token"
-    scale_rewards: str = "group"
-    dynamic_sampling: bool = True
-    max_sampling_rounds: int = 3
-    num_iterations: int = 2
-    num_minibatches: int = 2
-    learning_rate: float = 2e-5
-    weight_decay: float = 0.0
-    max_grad_norm: float = 1.0
-    bf16: bool = True
-    temperature: float = 1.0
-    top_k: int = 0
-    rollout_batch_size: int = 128
-    steps: int = 200
-    save_every: int = 20
-    prompt_pool: int = 0
-    save_dtype: str = "float32"
-
-    def __post_init__(self) -> None:
-        checks = [
-            (self.paradigm in PARADIGMS, f"paradigm must be one of {PARADIGMS}"),
-            (self.loss_agg_mode in algos.LOSS_AGG_MODES, f"loss_agg_mode must be one of {algos.LOSS_AGG_MODES}"),
-            (self.importance_sampling_level in algos.IMPORTANCE_SAMPLING_LEVELS,
-             f"importance_sampling_level must be one of {algos.IMPORTANCE_SAMPLING_LEVELS}"),
-            (self.scale_rewards in algos.SCALE_REWARDS, f"scale_rewards must be one of {algos.SCALE_REWARDS}"),
-            (self.save_dtype in SAVE_DTYPES, f"save_dtype must be one of {tuple(SAVE_DTYPES)}"),
-            (self.num_generations >= 2, "num_generations must be >= 2 (a group needs two samples to compare)"),
-            (self.num_children >= 1, "num_children must be >= 1"),
-            (self.paradigm == "hi-grpo" or self.num_children == 1, "paradigm one-step needs num_children 1"),
-            (min(self.prompts_per_step, self.num_iterations, self.num_minibatches, self.max_sampling_rounds,
-                 self.rollout_batch_size, self.save_every) >= 1,
-             "prompts_per_step, num_iterations, num_minibatches, max_sampling_rounds, rollout_batch_size and "
-             "save_every must be >= 1"),
-            (self.beta >= 0 and self.epsilon >= 0 and self.epsilon_high >= 0, "beta and the epsilons must be >= 0"),
-        ]
-        for ok, message in checks:
-            if not ok:
-                raise ValueError(f"HiGRPOConfig: {message}")
-
-
-#: The tiny CI task of ``--smoke``: two prompts, G = 8, a high learning rate for the tiny policy of
-#: :func:`smoke_init`; its step-2 reward rises within the 12 steps (tested).
-SMOKE = HiGRPOConfig(prompts_per_step=2, num_generations=8, prompt_pool=2, learning_rate=3e-3, steps=12,
-                     save_every=4, num_minibatches=1, rollout_batch_size=64)
-#: Config fields that may differ between a run and its resumption.
-RESUMABLE_CHANGES = frozenset({"steps", "save_every", "rollout_batch_size"})
-
-
 # ----- distributed --------------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Dist:
@@ -186,177 +119,6 @@ def init_distributed(device: str) -> tuple[Dist, str]:
         torch.cuda.set_device(device)
     dist.init_process_group("nccl" if cuda else "gloo")
     return Dist(dist.get_rank(), dist.get_world_size()), device
-
-
-# ----- prompts and rollouts -----------------------------------------------------------------------------------------
-def _seed(*keys: int) -> int:
-    return int(np.random.SeedSequence([int(k) for k in keys]).generate_state(1)[0])
-
-
-class PromptStream:
-    """The ``k``-th prompt of a run: world sample ``k`` (``generate(PROMPT_CHUNK, "train", seed(s, chunk))`` chunk
-    by chunk, or cycling through the first ``pool`` of them when ``pool > 0``) with its paraphrase ``k % 3``."""
-
-    def __init__(self, seed: int, pool: int = 0) -> None:
-        self.seed, self.pool = seed, pool
-        self._chunks: dict[int, list[WorldSample]] = {}
-
-    def sample(self, k: int) -> WorldSample:
-        j = k % self.pool if self.pool else k
-        chunk = j // PROMPT_CHUNK
-        if chunk not in self._chunks:  # generate(n) is a prefix of generate(m > n): a pool draws only its own
-            n = min(PROMPT_CHUNK, self.pool - chunk * PROMPT_CHUNK) if self.pool else PROMPT_CHUNK
-            self._chunks = {chunk: generate(n, "train", _seed(self.seed, 7, chunk))}
-        return self._chunks[chunk][j % PROMPT_CHUNK]
-
-    def prompt(self, k: int) -> str:
-        s = self.sample(k)
-        return s.prompts[k % len(s.prompts)]
-
-
-@dataclass
-class Group:
-    """The rollouts of one prompt (stream index ``k``): G step-1 samples, ``children[g]`` their C step-2 samples,
-    rewards ``r1 [G]`` (0 when the step-1 reward is off) and ``r2 [G, C]``, and the component means."""
-
-    k: int
-    step1: list[StepRollout]
-    children: list[list[StepRollout]]
-    r1: np.ndarray
-    r2: np.ndarray
-    components: dict[str, float]
-
-
-def _batched(fn: Callable[[list, list[int]], list], items: list, seeds: list[int], size: int) -> list:
-    return [r for lo in range(0, len(items), size) for r in fn(items[lo:lo + size], seeds[lo:lo + size])]
-
-
-def rollout_groups(policy: ReferencePolicy, stream: PromptStream, ks: Sequence[int], cfg: HiGRPOConfig, seed: int,
-                   rewards1: RewardEnsemble | None, rewards2: RewardEnsemble) -> tuple[list[Group], float, float]:
-    """Rollouts and rewards of the prompts ``ks``; returns the groups, rollout seconds and reward seconds."""
-    if not ks:
-        return [], 0.0, 0.0
-    start = time.perf_counter()
-    g_, c_ = cfg.num_generations, cfg.num_children
-    policy.model.eval()
-    prompts = [stream.prompt(k) for k in ks for _ in range(g_)]
-    seeds1 = [_seed(seed, k, g) for k in ks for g in range(g_)]
-
-    def step1(texts: list[str], seeds: list[int]) -> list[StepRollout]:
-        return policy.generate_step1(texts, seeds, cfg.temperature, cfg.top_k)
-
-    def step2(parents: list[StepRollout], seeds: list[int]) -> list[StepRollout]:
-        return policy.generate_step2(parents, seeds, cfg.temperature, cfg.top_k)
-
-    s1 = _batched(step1, prompts, seeds1, cfg.rollout_batch_size)
-    parents = [s for s in s1 for _ in range(c_)]
-    seeds2 = [_seed(seed, k, g, 1 + c) for k in ks for g in range(g_) for c in range(c_)]
-    s2 = _batched(step2, parents, seeds2, cfg.rollout_batch_size)
-    codes1 = np.stack([s.codes for s in s1])
-    coarse = policy.vqvae.decode_coarse(codes1) if rewards1 else None
-    final = policy.vqvae.decode(np.repeat(codes1, c_, axis=0), np.stack([s.codes for s in s2]))
-    t_rollout = time.perf_counter() - start
-    start = time.perf_counter()
-    samples = [stream.sample(k) for k in ks]
-    b1 = rewards1(coarse, [s for s in samples for _ in range(g_)]) if rewards1 else None
-    b2 = rewards2(final, [s for s in samples for _ in range(g_ * c_)])
-    groups = []
-    for i, k in enumerate(ks):
-        comps = _component_means(b2, "r2", slice(i * g_ * c_, (i + 1) * g_ * c_))
-        r1 = np.zeros(g_)
-        if b1 is not None:
-            r1 = b1.total[i * g_:(i + 1) * g_]
-            comps.update(_component_means(b1, "r1", slice(i * g_, (i + 1) * g_)))
-        groups.append(Group(k, s1[i * g_:(i + 1) * g_],
-                            [s2[(i * g_ + g) * c_:(i * g_ + g + 1) * c_] for g in range(g_)], r1,
-                            b2.total[i * g_ * c_:(i + 1) * g_ * c_].reshape(g_, c_), comps))
-    return groups, t_rollout, time.perf_counter() - start
-
-
-def _component_means(batch: RewardBatch, prefix: str, rows: slice) -> dict[str, float]:
-    return {f"{prefix}/{name}": float(v[rows].mean()) for name, v in batch.components.items()}
-
-
-# ----- advantages and the update batch ------------------------------------------------------------------------------
-@dataclass
-class UpdateBatch:
-    """One row per step-2 child: ``contexts`` (prompt ids), ``segments`` (step-1 + step-2 ids), and ``[R, T]``
-    tensors: ``old_logp`` (recorded at sampling), ``adv`` (per-token advantage), ``mask1`` / ``mask2`` (loss
-    tokens of L1 / L2; with ``paradigm="one-step"`` ``mask2`` holds both segments and ``mask1`` is empty),
-    ``sampled1`` / ``sampled2`` (sampled tokens of each segment, for the entropy log)."""
-
-    contexts: list[list[int]]
-    segments: list[list[int]]
-    old_logp: torch.Tensor
-    adv: torch.Tensor
-    mask1: torch.Tensor
-    mask2: torch.Tensor
-    sampled1: torch.Tensor
-    sampled2: torch.Tensor
-    stats: dict[str, float] = field(default_factory=dict)
-
-
-def build_update_batch(groups: Sequence[Group], cfg: HiGRPOConfig) -> UpdateBatch:
-    """Advantages of the kept groups (module docstring, steps 3 and 4) laid out per row and token."""
-    r1 = torch.tensor(np.stack([g.r1 for g in groups]), dtype=torch.float64)
-    r2 = torch.tensor(np.stack([g.r2 for g in groups]), dtype=torch.float64)
-    p, g_, c_ = r2.shape
-    if cfg.paradigm == "one-step":
-        a2 = algos.group_advantages(r2[..., 0], cfg.scale_rewards)[..., None]
-        a1 = torch.zeros(p, g_, dtype=torch.float64)
-        keep1 = torch.zeros(p, g_, dtype=torch.bool)
-        keep2 = algos.groups_with_spread(r2[..., 0])[:, None, None].expand(p, g_, c_)
-    else:
-        a1, a2 = algos.hi_grpo_advantages(r1, r2, cfg.coupling_lambda, cfg.scale_rewards)
-        coupled = algos.coupled_step1_rewards(r1, r2, cfg.coupling_lambda)
-        keep1 = algos.groups_with_spread(coupled)[:, None].expand(p, g_)
-        spread2 = algos.groups_with_spread(algos.step2_groups(r2))
-        keep2 = (spread2[:, None, None] if c_ == 1 else spread2.reshape(p, g_, 1)).expand(p, g_, c_)
-    if not cfg.dynamic_sampling:
-        keep1 = torch.ones_like(keep1) if cfg.paradigm == "hi-grpo" else keep1
-        keep2 = torch.ones_like(keep2)
-    contexts, segments, rows = [], [], []
-    for i, grp in enumerate(groups):
-        for g, (parent, kids) in enumerate(zip(grp.step1, grp.children)):
-            for c, kid in enumerate(kids):
-                contexts.append(parent.context)
-                segments.append(parent.ids + kid.ids)
-                rows.append((parent, kid, float(a1[i, g]), float(a2[i, g, c]),
-                             bool(keep1[i, g]) and c == 0, bool(keep2[i, g, c])))
-    n, t = len(rows), max(len(s) for s in segments)
-    old = torch.zeros(n, t)
-    adv = torch.zeros(n, t)
-    mask1, mask2, sampled1, sampled2 = (torch.zeros(n, t, dtype=torch.bool) for _ in range(4))
-    for r, (parent, kid, adv1, adv2, k1, k2) in enumerate(rows):
-        l1, l2 = len(parent.ids), len(kid.ids)
-        old[r, :l1 + l2] = torch.tensor(parent.logprobs + kid.logprobs)
-        sampled1[r, :l1] = torch.tensor(parent.sampled)
-        sampled2[r, l1:l1 + l2] = torch.tensor(kid.sampled)
-        if cfg.paradigm == "one-step":
-            adv[r, :l1 + l2] = adv2
-            mask2[r] = (sampled1[r] | sampled2[r]) & k2
-        else:
-            adv[r, :l1], adv[r, l1:l1 + l2] = adv1, adv2
-            mask1[r] = sampled1[r] & k1
-            mask2[r] = sampled2[r] & k2
-    used1, used2 = a1[keep1], a2[keep2]
-    stats = {"adv1_std": float(used1.std(correction=0)) if used1.numel() else 0.0,
-             "adv2_std": float(used2.std(correction=0)) if used2.numel() else 0.0,
-             "adv_absmean": float(torch.cat([used1.abs(), used2.abs()]).mean()) if used1.numel() + used2.numel()
-             else 0.0,
-             "r1_coupled": float((r1 + cfg.coupling_lambda * r2.mean(-1)).mean())}
-    return UpdateBatch(contexts, segments, old, adv, mask1, mask2, sampled1, sampled2, stats)
-
-
-def group_kept(group: Group, cfg: HiGRPOConfig) -> bool:
-    """Dynamic sampling: the prompt has reward spread in its step-1 group or one of its step-2 groups (one-step:
-    in its final rewards)."""
-    r1 = torch.tensor(group.r1)[None]
-    r2 = torch.tensor(group.r2)[None]
-    if cfg.paradigm == "one-step":
-        return bool(algos.groups_with_spread(r2[..., 0]).any())
-    coupled = algos.coupled_step1_rewards(r1, r2, cfg.coupling_lambda)
-    return bool(algos.groups_with_spread(coupled).any() or algos.groups_with_spread(algos.step2_groups(r2)).any())
 
 
 # ----- the trainer -------------------------------------------------------------------------------------------------
@@ -464,7 +226,7 @@ class Trainer:
         autocast = torch.autocast("cuda", torch.bfloat16, enabled=self.cuda and cfg.bf16)
         self.model.train()
         for epoch in range(cfg.num_iterations):
-            order = np.random.default_rng(_seed(self.seed, self.step, epoch, 99)).permutation(n)
+            order = np.random.default_rng(derive_seed(self.seed, self.step, epoch, 99)).permutation(n)
             for mb, rows in enumerate(np.array_split(order, cfg.num_minibatches)):
                 counts = [batch.mask1[rows].sum(), (batch.mask1[rows].sum(-1) > 0).sum(),
                           batch.mask2[rows].sum(), (batch.mask2[rows].sum(-1) > 0).sum()]
@@ -646,8 +408,11 @@ def main(argv: list[str] | None = None) -> dict:
     if a.smoke:  # the tiny model gains nothing from intra-op threads, and they thrash on a busy machine
         torch.set_num_threads(1)
     base = SMOKE if a.smoke else HiGRPOConfig()
-    cfg = replace(base, **{f.name: getattr(a, f.name) for f in fields(HiGRPOConfig)
-                           if getattr(a, f.name) is not None})
+    try:
+        cfg = replace(base, **{f.name: getattr(a, f.name) for f in fields(HiGRPOConfig)
+                               if getattr(a, f.name) is not None})
+    except ValueError as exc:
+        ap.error(str(exc))
     info, device = init_distributed(a.device)
     out = Path(a.out)
     try:
