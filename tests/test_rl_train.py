@@ -184,3 +184,32 @@ def test_final_policy_in_bfloat16_loads_as_float32(tmp_path: Path) -> None:
         assert p.dtype == torch.float32
         assert torch.equal(p, policy.model.state_dict()[name].to(torch.bfloat16).float())
     assert next(policy.model.parameters()).dtype == torch.float32  # the trained model itself is untouched
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("change", [
+    {"paradigm": "one-step"}, {"importance_sampling_level": "sequence", "loss_agg_mode": "seq-mean-token-mean"},
+    {"beta": 0.0, "step1_reward": False, "coupling_lambda": 0.0, "loss_agg_mode": "seq-mean-token-sum"},
+    {"num_children": 2, "num_generations": 4, "dynamic_sampling": False, "scale_rewards": "batch",
+     "epsilon_high": 0.2}])
+def test_every_ablation_switch_trains_a_step(init: Path, tmp_path: Path, change: dict) -> None:
+    from reference_policy.rl.train import Trainer
+
+    cfg = replace(SMOKE, steps=1, **change)
+    trainer = Trainer(tmp_path, cfg, init)
+    summary = trainer.run()
+    row = trainer.log.rows[0]
+    assert summary["steps"] == 1 and np.isfinite(row["loss"]) and row["grad_norm"] > 0
+    assert ("kl" in row) == (cfg.beta > 0) and ("r1" in row) == (cfg.step1_reward and cfg.paradigm == "hi-grpo")
+    moved = _weights(tmp_path)
+    start = _weights(init)
+    assert any(not torch.equal(moved[k], start[k]) for k in start)
+
+
+@pytest.mark.slow
+def test_time_budget_stops_the_run_and_says_so(init: Path, tmp_path: Path) -> None:
+    from reference_policy.rl.train import Trainer
+
+    summary = Trainer(tmp_path, replace(SMOKE, steps=3), init, max_minutes=0.0).run()
+    assert summary["steps"] == 0 and summary["stopped_early"] == "max_minutes"
+    assert (tmp_path / "state.pt").exists() and (tmp_path / "policy.json").exists()
