@@ -14,26 +14,32 @@ tokens, a free plan (word ids or ``</plan>``, at most ``max_plan`` words, then `
 span (exactly ``n`` ids of the right codebook). At every position all other logits are set to ``-inf`` before the
 softmax. Log-probabilities are those of this constrained distribution at the sampling ``temperature``
 (``log_softmax(mask(logits) / T)``; top-k truncation is not part of them), so forced tokens have log-prob 0 and
-:meth:`ReferencePolicy.sequence_logprobs` reproduces them from the ids alone (the PPO ratio needs exactly this).
+:meth:`ReferencePolicy.sequence_logprobs` reproduces them from the ids alone, for a whole batch of segments in one
+forward (the PPO ratio needs exactly this). With temperature 1 and no top-k they are the log-probs of the
+distribution the tokens were drawn from.
 
 Batching: :meth:`ReferencePolicy.generate` decodes many prompts at once (left-padded contexts, explicit position
 ids, one static KV cache); each row samples with its own seed, so a prompt's rollout does not depend on the batch
 it is in (tested against batches of one).
 
 Folder layout of :meth:`ReferencePolicy.save_pretrained`: ``model/`` (transformers ``save_pretrained``,
-safetensors), ``tokenizer/``, ``vqvae/`` and ``policy.json`` (``max_plan``).
+safetensors; ``from_pretrained`` loads the weights as float32 whatever dtype they were stored in), ``tokenizer/``,
+``vqvae/`` and ``policy.json`` (``max_plan``).
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-from transformers import Qwen2Config, Qwen2ForCausalLM, StaticCache
+from transformers import Cache, Qwen2Config, Qwen2ForCausalLM
+from transformers.cache_utils import StaticLayer
 
+from reference_policy.rl.algos import entropy_from_logprobs
 from reference_policy.tokenizer import (BOS, END_PLAN, EOS, MESH_END, MESH_START, PAD, PLAN, STEP1, STEP2,
                                         TextTokenizer)
 from reference_policy.vqvae import N_COARSE_TOKENS, N_FINE_TOKENS, ColourVQVAE
@@ -79,55 +85,118 @@ class Rollout:
     grid: np.ndarray
 
 
-class _Masks:
-    """The boolean vocabulary masks a grammar needs (built once per call, shared by every row of a batch)."""
-
-    def __init__(self, tok: TextTokenizer, device: torch.device) -> None:
-        v = tok.vocab_size
-
-        def only(*ranges: tuple[int, int]) -> torch.Tensor:
-            m = torch.zeros(v, dtype=torch.bool, device=device)
-            for lo, hi in ranges:
-                m[lo:hi] = True
-            return m
-
-        self.plan = only((tok.word_offset, v), (END_PLAN, END_PLAN + 1))
-        self.token = {t: only((t, t + 1)) for t in range(tok.coarse_offset)}  # specials: forced tokens and <pad>
-        self.mesh = {"coarse": only((tok.coarse_offset, tok.fine_offset)),
-                     "fine": only((tok.fine_offset, tok.word_offset))}
+#: Grammar-state classes: ``0 .. 9`` = only that special token allowed (a forced token, ``</plan>`` once a plan is
+#: full, ``<pad>`` once the segment is complete); then a free plan position, a coarse and a fine mesh position.
+CLASS_PLAN, CLASS_COARSE, CLASS_FINE = 10, 11, 12
+_FORCE, _PLAN, _MESH, _DONE = 0, 1, 2, 3
 
 
-class _Grammar:
-    """Walks a segment grammar: :meth:`allowed` gives the mask of the next position, :meth:`advance` consumes."""
+def class_masks(tok: TextTokenizer, device: torch.device | str = "cpu") -> torch.Tensor:
+    """``bool[13, vocab]``: row ``c`` is the set of tokens allowed in grammar-state class ``c``."""
+    v = tok.vocab_size
+    table = torch.zeros((CLASS_FINE + 1, v), dtype=torch.bool)
+    for t in range(CLASS_PLAN):
+        table[t, t] = True
+    table[CLASS_PLAN, tok.word_offset:] = True
+    table[CLASS_PLAN, END_PLAN] = True
+    table[CLASS_COARSE, tok.coarse_offset:tok.fine_offset] = True
+    table[CLASS_FINE, tok.fine_offset:tok.word_offset] = True
+    return table.to(device)
 
-    def __init__(self, items: tuple[Item, ...], masks: _Masks, max_plan: int) -> None:
-        self.items, self.masks, self.max_plan, self.i, self.n = items, masks, max_plan, 0, 0
+
+class GrammarState:
+    """Positions of a batch of rows in their segment grammars, as tensors (no per-row Python).
+
+    Row ``b`` walks ``grammars[b]`` (default: one grammar for all rows) with item index ``i[b]`` and count ``n[b]``
+    inside the item. :meth:`classes` gives each row's class of the next position (the :func:`class_masks` row):
+    a forced token's id; for a plan, :data:`CLASS_PLAN` (or ``</plan>`` once ``max_plan`` words were written);
+    for a mesh span, :data:`CLASS_COARSE` / :data:`CLASS_FINE`; ``<pad>`` once the grammar is complete.
+    :meth:`advance` consumes one token per row: ``n += 1``, and the row moves to the next item after a forced
+    token, after ``</plan>`` in a plan, or after the item's count of mesh tokens."""
+
+    def __init__(self, grammars: Sequence[tuple[Item, ...]], max_plan: int, device: torch.device | str) -> None:
+        width = max(len(g) for g in grammars) + 1
+        kind = torch.full((len(grammars), width), _DONE, dtype=torch.long)
+        cls = torch.full((len(grammars), width), PAD, dtype=torch.long)
+        length = torch.zeros((len(grammars), width), dtype=torch.long)
+        for r, items in enumerate(grammars):
+            for j, item in enumerate(items):
+                if item[0] == "force":
+                    kind[r, j], cls[r, j] = _FORCE, item[1]
+                elif item[0] == "plan":
+                    kind[r, j], cls[r, j] = _PLAN, CLASS_PLAN
+                else:
+                    kind[r, j], cls[r, j], length[r, j] = _MESH, CLASS_COARSE if item[1] == "coarse" else CLASS_FINE, \
+                        item[2]
+        self.kind, self.cls, self.length = kind.to(device), cls.to(device), length.to(device)
+        self.end = torch.tensor([len(g) for g in grammars], device=device)
+        self.max_plan = max_plan
+        self.i = torch.zeros(len(grammars), dtype=torch.long, device=device)
+        self.n = torch.zeros_like(self.i)
 
     @property
-    def done(self) -> bool:
-        return self.i == len(self.items)
+    def done(self) -> torch.Tensor:
+        """``bool[B]``: the row's segment is complete."""
+        return self.i >= self.end
 
-    def allowed(self) -> torch.Tensor:
-        """Mask of the next position; ``<pad>`` alone once the segment is complete."""
-        if self.done:
-            return self.masks.token[PAD]
-        item = self.items[self.i]
-        if item[0] == "force":
-            return self.masks.token[item[1]]
-        if item[0] == "plan":
-            return self.masks.token[END_PLAN] if self.n >= self.max_plan else self.masks.plan
-        return self.masks.mesh[item[1]]
+    def _at(self, table: torch.Tensor) -> torch.Tensor:
+        return table.gather(1, self.i[:, None])[:, 0]
 
-    def advance(self, token: int) -> None:
-        item = self.items[self.i]
-        self.n += 1
-        if item[0] == "force" or (item[0] == "plan" and token == END_PLAN) or (item[0] == "mesh" and self.n == item[2]):
-            self.i, self.n = self.i + 1, 0
+    def classes(self) -> torch.Tensor:
+        """``long[B]``: the class of each row's next position."""
+        full_plan = (self._at(self.kind) == _PLAN) & (self.n >= self.max_plan)
+        return torch.where(full_plan, torch.full_like(self.i, END_PLAN), self._at(self.cls))
+
+    def advance(self, tokens: torch.Tensor) -> None:
+        kind = self._at(self.kind)
+        n = self.n + 1
+        step = (kind == _FORCE) | ((kind == _PLAN) & (tokens == END_PLAN)) | ((kind == _MESH) & (n == self._at(self.length)))
+        self.i = self.i + step.long()
+        self.n = torch.where(step | (kind == _DONE), torch.zeros_like(n), n)
+
+
+def grammar_of(segment: Sequence[int]) -> tuple[Item, ...]:
+    """The grammar of a generated segment: step 2 when it starts with ``<step2>``, both steps in a row when it
+    contains ``<step2>`` later, else step 1."""
+    if segment and segment[0] == STEP2:
+        return STEP2_GRAMMAR
+    return STEP1_GRAMMAR + STEP2_GRAMMAR if STEP2 in segment else STEP1_GRAMMAR
 
 
 def max_segment_length(items: tuple[Item, ...], max_plan: int) -> int:
     """Longest segment a grammar allows (a plan is at most ``max_plan`` words plus ``</plan>``)."""
     return sum(1 if it[0] == "force" else max_plan + 1 if it[0] == "plan" else it[2] for it in items)
+
+
+class _PrefixStaticLayer(StaticLayer):
+    """A static KV-cache layer (preallocated, filled in place) that hands attention only its filled prefix.
+    ``StaticLayer`` returns all ``max_cache_len`` slots, so every decoding step reads the whole preallocated cache
+    from memory; at batch 64 that made attention about half of CPU decoding time. The masked slots it skips had
+    attention weight 0."""
+
+    filled = 0
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+        keys, values = super().update(key_states, value_states, *args, **kwargs)
+        self.filled += key_states.shape[-2]
+        return keys[:, :, :self.filled], values[:, :, :self.filled]
+
+    def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
+        return self.filled + query_length, 0
+
+
+@dataclass
+class SegmentScores:
+    """:meth:`ReferencePolicy.sequence_logprobs` of B segments right-padded to T tokens: ``logprobs [B, T]`` (with
+    gradients; 0 at padding and at forced tokens), ``sampled`` (bool: the grammar allowed more than one token, so
+    the token was drawn), ``valid`` (bool: inside the segment), ``entropy [B, T]`` (no gradient; entropy of the
+    constrained distribution at each position, 0 where one token is allowed) when asked for."""
+
+    logprobs: torch.Tensor
+    sampled: torch.Tensor
+    valid: torch.Tensor
+    entropy: torch.Tensor | None = None
 
 
 class ReferencePolicy:
@@ -183,13 +252,15 @@ class ReferencePolicy:
         Sampling is Gumbel-max on the constrained log-probs restricted to their top ``k``: row ``i`` draws its
         noise ``u ~ U(0, 1)[max_len, vocab]`` from ``torch.Generator().manual_seed(seeds[i])`` up front and takes
         ``argmax(logp + g)`` with ``g = -log(-log u)``, so a row's sample depends on its own seed only, not on the
-        batch it is in.
+        batch it is in. The grammar of every row advances as tensors (:class:`GrammarState`); the only host sync
+        per position is the check whether every row is complete.
         """
         if temperature <= 0:
             raise ValueError(f"temperature must be > 0 (use top_k=1 for greedy decoding), got {temperature}")
         dev, b = self.device, len(contexts)
-        masks = _Masks(self.tokenizer, dev)
-        grammars = [_Grammar(grammar, masks, self.max_plan) for _ in contexts]
+        table = class_masks(self.tokenizer, dev)
+        n_allowed = table.sum(-1)
+        state = GrammarState([grammar] * b, self.max_plan, dev)
         steps = max_segment_length(grammar, self.max_plan)
         u = torch.stack([torch.rand(steps, self.tokenizer.vocab_size, generator=torch.Generator().manual_seed(s))
                          for s in seeds]).to(dev)
@@ -202,38 +273,45 @@ class ReferencePolicy:
             attention[i, width - len(c):] = 1
         ids, attention = ids.to(dev), attention.to(dev)
         position = (attention.cumsum(-1) - 1).clamp(min=0)
-        # A static cache: DynamicCache concatenates every layer's keys and values at every step, which makes CPU
-        # decoding of ~700 tokens about 3x slower.
-        cache = StaticCache(config=self.model.config, max_cache_len=width + steps)
-        out = self.model(input_ids=ids, attention_mask=attention, position_ids=position, past_key_values=cache,
-                         cache_position=torch.arange(width, device=dev), use_cache=True, logits_to_keep=1)
+        # A static cache (DynamicCache concatenates every layer's keys and values at every step, which made CPU
+        # decoding of ~700 tokens about 3x slower) that attends over its filled prefix only.
+        cache = Cache(layers=[_PrefixStaticLayer(max_cache_len=width + steps)
+                              for _ in range(self.model.config.num_hidden_layers)])
+        out = self.model(input_ids=ids, attention_mask=attention, position_ids=position, cache=cache,
+                         use_cache=True, logits_to_keep=1)
         logits, position = out.logits[:, -1], position[:, -1:]
-        rows: list[tuple[list[int], list[float], list[bool]]] = [([], [], []) for _ in contexts]
+        tokens = torch.full((b, steps), PAD, dtype=torch.long, device=dev)
+        logprobs = torch.zeros((b, steps), device=dev)
+        sampled = torch.zeros((b, steps), dtype=torch.bool, device=dev)
+        length = steps
         for t in range(steps):
-            allowed = torch.stack([g.allowed() for g in grammars])
-            logp = torch.log_softmax(logits.float().masked_fill(~allowed, float("-inf")) / temperature, -1)
+            cls = state.classes()
+            logp = torch.log_softmax(logits.float().masked_fill(~table[cls], float("-inf")) / temperature, -1)
             scores = logp
             if top_k > 0:
                 kth = logp.topk(min(top_k, logp.shape[-1]), dim=-1).values[:, -1:]
                 scores = logp.masked_fill(logp < kth, float("-inf"))
             token = (scores + gumbel[:, t]).argmax(-1)
-            chosen = logp.gather(1, token[:, None])[:, 0]
-            for i, (tk, lp, n) in enumerate(zip(token.tolist(), chosen.tolist(), allowed.sum(-1).tolist())):
-                if not grammars[i].done:
-                    rows[i][0].append(tk)
-                    rows[i][1].append(lp)
-                    rows[i][2].append(n > 1)
-                    grammars[i].advance(tk)
-            if all(g.done for g in grammars):
+            live = ~state.done
+            tokens[:, t] = torch.where(live, token, PAD)
+            logprobs[:, t] = torch.where(live, logp.gather(1, token[:, None])[:, 0], 0.0)
+            sampled[:, t] = live & (n_allowed[cls] > 1)
+            state.advance(token)
+            if bool(state.done.all()):
+                length = t + 1
                 break
             attention = torch.cat([attention, attention.new_ones((b, 1))], 1)
             position = position + 1
-            out = self.model(input_ids=token[:, None], attention_mask=attention, position_ids=position,
-                             past_key_values=cache, cache_position=torch.tensor([width + t], device=dev),
-                             use_cache=True)
-            logits = out.logits[:, -1]
-        return [StepRollout(c, r[0], r[1], r[2], self._plan_text(r[0]), self._codes(r[0]))
-                for c, r in zip(contexts, rows)]
+            logits = self.model(input_ids=token[:, None], attention_mask=attention, position_ids=position,
+                                cache=cache, use_cache=True).logits[:, -1]
+        rows = zip(contexts, tokens[:, :length].tolist(), logprobs[:, :length].tolist(),
+                   sampled[:, :length].tolist())
+        out_rows = []
+        for c, ids_r, lp_r, s_r in rows:
+            n = ids_r.index(PAD) if PAD in ids_r else len(ids_r)
+            out_rows.append(StepRollout(c, ids_r[:n], lp_r[:n], s_r[:n], self._plan_text(ids_r[:n]),
+                                        self._codes(ids_r[:n])))
+        return out_rows
 
     def _plan_text(self, ids: list[int]) -> str:
         start = ids.index(PLAN) + 1
@@ -273,22 +351,44 @@ class ReferencePolicy:
         return out
 
     # ----- log-probabilities -----------------------------------------------------------------------------------
-    def sequence_logprobs(self, context_ids: list[int], generated_ids: list[int], temperature: float = 1.0,
-                          step: int | None = None) -> torch.Tensor:
-        """Constrained log-probs ``float32[len(generated_ids)]`` of a segment under the current weights (with
-        gradients). ``step`` (1 or 2) picks the grammar; by default it is read from the segment's first id."""
-        if step is None:
-            step = 2 if generated_ids[0] == STEP2 else 1
-        g = _Grammar(STEP1_GRAMMAR if step == 1 else STEP2_GRAMMAR, _Masks(self.tokenizer, self.device),
-                     self.max_plan)
-        masks = []
-        for t in generated_ids:
-            masks.append(g.allowed())
-            g.advance(t)
-        ids = torch.tensor([context_ids + generated_ids], device=self.device)
-        logits = self.model(input_ids=ids).logits[0, len(context_ids) - 1:-1].float()
-        logp = torch.log_softmax(logits.masked_fill(~torch.stack(masks), float("-inf")) / temperature, -1)
-        return logp.gather(1, torch.tensor(generated_ids, device=self.device)[:, None])[:, 0]
+    def sequence_logprobs(self, contexts: Sequence[Sequence[int]], segments: Sequence[Sequence[int]],
+                          temperature: float = 1.0, entropy: bool = False, model: torch.nn.Module | None = None
+                          ) -> SegmentScores:
+        """Constrained log-probs of many generated segments under the current weights, in one padded forward
+        (with gradients).
+
+        Row ``b`` scores ``segments[b]`` after ``contexts[b]``; its grammar is :func:`grammar_of` the segment (a
+        segment may hold both steps in a row). Layout as in decoding: contexts left-padded to a common width,
+        segments right-padded after them, explicit position ids; only the segment positions go through the
+        output head. ``log_softmax(mask(logits) / temperature)`` at each position is what sampling used, so the
+        result equals the log-probs recorded in :class:`StepRollout` (float tolerance). ``model`` runs the forward
+        instead of ``self.model`` (e.g. its ``DistributedDataParallel`` wrapper)."""
+        if len(contexts) != len(segments) or not segments or not all(segments):
+            raise ValueError("sequence_logprobs needs as many contexts as segments, and non-empty segments")
+        dev, b = self.device, len(segments)
+        wc, t_max = max(len(c) for c in contexts), max(len(s) for s in segments)
+        ids = torch.full((b, wc + t_max), PAD, dtype=torch.long)
+        attention = torch.zeros((b, wc + t_max), dtype=torch.long)
+        for r, (c, seg) in enumerate(zip(contexts, segments)):
+            ids[r, wc - len(c):wc + len(seg)] = torch.tensor([*c, *seg])
+            attention[r, wc - len(c):wc + len(seg)] = 1
+        # the grammar walk runs on the host: ~10 tiny tensor ops per position are cheaper there than as kernels
+        target, valid = ids[:, wc:], attention[:, wc:].bool()
+        state = GrammarState([grammar_of(seg) for seg in segments], self.max_plan, "cpu")
+        classes = torch.empty((b, t_max), dtype=torch.long)
+        for t in range(t_max):
+            classes[:, t] = state.classes()
+            state.advance(target[:, t])
+        classes = torch.where(valid, classes, PAD).to(dev)
+        ids, attention, target, valid = ids.to(dev), attention.to(dev), target.to(dev), valid.to(dev)
+        table = class_masks(self.tokenizer, dev)
+        position = (attention.cumsum(-1) - 1).clamp(min=0)
+        logits = (model or self.model)(input_ids=ids[:, :-1], attention_mask=attention[:, :-1],
+                                       position_ids=position[:, :-1], logits_to_keep=t_max).logits.float()
+        logp_all = torch.log_softmax(logits.masked_fill(~table[classes], float("-inf")) / temperature, -1)
+        logp = logp_all.gather(2, torch.where(valid, target, PAD)[..., None])[..., 0]
+        ent = entropy_from_logprobs(logp_all.detach()) if entropy else None
+        return SegmentScores(logp, valid & (table.sum(-1)[classes] > 1), valid, ent)
 
     # ----- persistence -----------------------------------------------------------------------------------------
     def save_pretrained(self, folder: str | Path) -> None:
@@ -301,8 +401,10 @@ class ReferencePolicy:
     @classmethod
     def from_pretrained(cls, folder: str | Path, device: str = "cpu") -> ReferencePolicy:
         folder = Path(folder)
-        # the policy's own format is safetensors: nothing else (no pickled .bin) is read
-        model = Qwen2ForCausalLM.from_pretrained(folder / "model", use_safetensors=True).to(device).eval()
+        # the policy's own format is safetensors: nothing else (no pickled .bin) is read; float32 whatever the
+        # stored dtype (a bf16 checkpoint is loaded as float32)
+        model = Qwen2ForCausalLM.from_pretrained(folder / "model", use_safetensors=True,
+                                                 dtype=torch.float32).to(device).eval()
         meta = json.loads((folder / "policy.json").read_text())
         return cls(model, TextTokenizer.load(folder / "tokenizer"), ColourVQVAE.load(folder / "vqvae").to(device),
                    meta["max_plan"])

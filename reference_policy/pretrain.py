@@ -28,8 +28,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import random
-import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, replace
@@ -40,6 +38,7 @@ import torch
 
 from reference_policy.policy import MAX_PROMPT, ReferencePolicy, detail_plan
 from reference_policy.tokenizer import PAD, UNK, TextTokenizer
+from reference_policy.trainutil import Panel, RunLog, plot_curves, seed_all
 from reference_policy.vqvae import ColourVQVAE, VQConfig, colour_accuracy, reconstruction_iou
 from reference_policy.world import WorldSample, generate
 
@@ -73,19 +72,6 @@ SMOKE = PretrainConfig(samples=16, vq=VQConfig(width=8, code_dim=8, n_coarse=16,
                        lr=2e-3, warmup=2, log_every=2)
 
 
-def _seed_all(seed: int, device: str) -> None:
-    """Seed every generator; deterministic kernels on the CPU only (on CUDA they make the 3D convolutions of the
-    VQ-VAE several times slower, so a GPU run is seeded but not bitwise reproducible)."""
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-    if str(device).startswith("cuda"):
-        torch.backends.cudnn.benchmark = True
-        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
-    else:
-        torch.use_deterministic_algorithms(True, warn_only=True)
-
-
 def _chunk(args: tuple[int, int]) -> list[WorldSample]:
     n, seed = args
     return generate(n, "train", seed)
@@ -100,21 +86,7 @@ def world_data(n: int, seed: int, workers: int = 1) -> list[WorldSample]:
         return [s for chunk in pool.map(_chunk, jobs) for s in chunk]
 
 
-class _Log:
-    """Log records (kept for log.jsonl and the plot) with a progress line on stderr for each."""
-
-    def __init__(self) -> None:
-        self.rows: list[dict] = []
-        self.t0 = time.time()
-
-    def __call__(self, **row: float | str) -> None:
-        row["seconds"] = round(time.time() - self.t0, 2)
-        self.rows.append(row)
-        print(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()),
-              file=sys.stderr, flush=True)
-
-
-def train_vqvae(grids: np.ndarray, cfg: PretrainConfig, device: str, log: _Log,
+def train_vqvae(grids: np.ndarray, cfg: PretrainConfig, device: str, log: RunLog,
                 deadline: float = float("inf")) -> ColourVQVAE:
     """AdamW on random batches of ``grids`` (constant learning rate, then linear decay to 0 over the second half);
     stops early, and logs it, once ``time.time()`` passes ``deadline``. Returns the model in eval mode."""
@@ -201,7 +173,7 @@ class Sequences:
 
 
 def train_policy(policy: ReferencePolicy, samples: list[WorldSample], codes: tuple[np.ndarray, np.ndarray],
-                 cfg: PretrainConfig, device: str, log: _Log, deadline: float = float("inf")) -> int:
+                 cfg: PretrainConfig, device: str, log: RunLog, deadline: float = float("inf")) -> int:
     """Teacher forcing on the two-step sequences; linear warm-up, then linear decay to 0. Stops early (and says
     so in the log) once ``time.time()`` passes ``deadline``; returns the number of steps taken."""
     model = policy.model.train()
@@ -231,24 +203,9 @@ def train_policy(policy: ReferencePolicy, samples: list[WorldSample], codes: tup
     return step + 1
 
 
-def plot_losses(rows: list[dict], path: Path) -> None:
-    """Loss curves of both stages (log scale) as a PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
-    for ax, stage, keys in ((axes[0], "vqvae", ("loss", "recon", "recon_coarse")), (axes[1], "policy", ("loss",))):
-        rs = [r for r in rows if r["stage"] == stage]
-        for k in keys:
-            ax.plot([r["step"] for r in rs], [r[k] for r in rs], label=k)
-        ax.set(title=f"{stage} (teacher forcing)" if stage == "policy" else stage, xlabel="step", yscale="log")
-        ax.legend()
-        ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+#: The two panels of ``loss_curves.png``.
+LOSS_PANELS = (Panel("vqvae", ("loss", "recon", "recon_coarse"), lambda r: r.get("stage") == "vqvae", yscale="log"),
+               Panel("policy (teacher forcing)", ("loss",), lambda r: r.get("stage") == "policy", yscale="log"))
 
 
 def pretrain(out: str | Path, cfg: PretrainConfig, device: str = "cpu", seed: int = 0, workers: int = 1,
@@ -256,10 +213,11 @@ def pretrain(out: str | Path, cfg: PretrainConfig, device: str = "cpu", seed: in
     """Run all stages of the module docstring into ``out``; returns the final metrics. ``max_minutes`` bounds the
     training time: the VQ-VAE stops early at :data:`VQ_SHARE` of it, the policy at all of it (the checkpoint is
     saved all the same, and ``metrics.json`` records the steps taken)."""
-    _seed_all(seed, device)
+    seed_all(seed, device)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    log = _Log()
+    log = RunLog(out / "log.jsonl")
+    log.rewrite()
     samples = world_data(cfg.samples, seed, workers)
     log(stage="data", step=0, samples=len(samples))
     texts = [t for s in samples for t in (*s.prompts, s.plan, detail_plan(s.parts))]
@@ -290,9 +248,8 @@ def pretrain(out: str | Path, cfg: PretrainConfig, device: str = "cpu", seed: in
         "vq_steps_taken": next(r["step"] for r in reversed(log.rows) if r["stage"] == "vqvae") + 1,
         "policy_steps": policy_steps, "policy_final_loss": log.rows[-1]["loss"], "seconds": time.time() - log.t0,
     }
-    (out / "log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in log.rows))
     (out / "metrics.json").write_text(json.dumps(metrics, indent=1))
-    plot_losses(log.rows, out / "loss_curves.png")
+    plot_curves(log.rows, LOSS_PANELS, out / "loss_curves.png")
     return metrics
 
 

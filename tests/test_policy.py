@@ -7,9 +7,10 @@ import pytest
 import torch
 
 from mme3dr.assets import load_asset
-from reference_policy.policy import ReferencePolicy, detail_plan
+from reference_policy.policy import (STEP1_GRAMMAR, STEP2_GRAMMAR, GrammarState, ReferencePolicy, class_masks,
+                                     detail_plan)
 from reference_policy.pretrain import SMOKE, pretrain
-from reference_policy.tokenizer import END_PLAN, MESH_START, UNK, TextTokenizer, normalise
+from reference_policy.tokenizer import END_PLAN, MESH_START, PAD, UNK, TextTokenizer, normalise
 from reference_policy.vqvae import (N_COARSE_TOKENS, N_FINE_TOKENS, ColourVQVAE, VQConfig, colour_accuracy,
                                     reconstruction_iou)
 from reference_policy.world import generate, to_mesh
@@ -94,7 +95,7 @@ def test_constrained_generation_logprobs_and_determinism(policy: ReferencePolicy
         assert torch.isfinite(lp).all() and (lp <= 0).all()
         assert all(l == 0.0 for l, s in zip(st.logprobs, st.sampled) if not s)
         with torch.no_grad():
-            again = policy.sequence_logprobs(st.context, st.ids)
+            again = policy.sequence_logprobs([st.context], [st.ids]).logprobs[0]
         assert torch.allclose(again, lp, atol=1e-4)
     assert r.step2.context == r.step1.context + r.step1.ids
     same = policy.generate(["A purple zebra-striped chair"], [3], temperature=1.0, top_k=10)[0]
@@ -113,7 +114,7 @@ def test_batched_generation_matches_one_at_a_time(policy: ReferencePolicy) -> No
         assert r.step1.ids == alone.step1.ids and r.step2.ids == alone.step2.ids
         assert np.allclose(r.step2.logprobs, alone.step2.logprobs, atol=1e-5)
         with torch.no_grad():
-            again = policy.sequence_logprobs(r.step2.context, r.step2.ids, temperature=1.3)
+            again = policy.sequence_logprobs([r.step2.context], [r.step2.ids], temperature=1.3).logprobs[0]
         assert torch.allclose(again, torch.tensor(r.step2.logprobs), atol=1e-4)
     assert batch[0].step1.ids != batch[1].step1.ids
     with pytest.raises(ValueError, match="seeds"):
@@ -144,3 +145,92 @@ def test_pretrain_smoke_end_to_end(tmp_path) -> None:
     to_mesh(grid).export(path)
     asset = load_asset(path)
     assert len(asset.meshes) == 1
+
+
+def _reference_allowed(tok: TextTokenizer, items: tuple, tokens: list[int], max_plan: int) -> list[set[int]]:
+    """An independent walk of a segment grammar: the set of allowed ids before each token (and one more after)."""
+    plan = set(range(tok.word_offset, tok.vocab_size)) | {END_PLAN}
+    mesh = {"coarse": set(range(tok.coarse_offset, tok.fine_offset)),
+            "fine": set(range(tok.fine_offset, tok.word_offset))}
+    out, i, n = [], 0, 0
+    for t in [*tokens, None]:
+        if i == len(items):
+            out.append({PAD})
+            continue
+        kind = items[i]
+        out.append({kind[1]} if kind[0] == "force" else ({END_PLAN} if n >= max_plan else plan)
+                   if kind[0] == "plan" else mesh[kind[1]])
+        if t is None:
+            break
+        n += 1
+        if kind[0] == "force" or (kind[0] == "plan" and t == END_PLAN) or (kind[0] == "mesh" and n == kind[2]):
+            i, n = i + 1, 0
+    return out
+
+
+def test_grammar_state_matches_an_independent_walk(tokenizer: TextTokenizer) -> None:
+    """The tensor grammar state (used by decoding and scoring) gives, for rows of different grammars walked
+    together, the allowed sets of a plain per-row walk, including a plan cut at max_plan."""
+    rng = np.random.default_rng(0)
+    max_plan = 5
+    grammars = [STEP1_GRAMMAR, STEP2_GRAMMAR, STEP1_GRAMMAR + STEP2_GRAMMAR, STEP1_GRAMMAR]
+    rows = []
+    for r, items in enumerate(grammars):
+        tokens: list[int] = []
+        while True:
+            allowed = _reference_allowed(tokenizer, items, tokens, max_plan)[-1]
+            if allowed == {PAD}:
+                break
+            choices = sorted(allowed)
+            if r == 3 and END_PLAN in choices and len(choices) > 1:  # row 3 never ends its plan early
+                choices.remove(END_PLAN)
+            tokens.append(int(rng.choice(choices)))
+        rows.append(tokens)
+    assert max_plan + 1 in [r.index(END_PLAN) for r in rows[3:]]  # the plan was cut by the limit
+    state = GrammarState(grammars, max_plan, "cpu")
+    table = class_masks(tokenizer)
+    width = max(len(r) for r in rows) + 1
+    for t in range(width):
+        got = table[state.classes()]
+        for r, tokens in enumerate(rows):
+            want = _reference_allowed(tokenizer, grammars[r], tokens[:t], max_plan)[-1] if t <= len(tokens) \
+                else {PAD}
+            assert set(torch.nonzero(got[r])[:, 0].tolist()) == want, (r, t)
+        state.advance(torch.tensor([tokens[t] if t < len(tokens) else PAD for tokens in rows]))
+    assert bool(state.done.all())
+
+
+def test_batched_sequence_logprobs_match_sampling_with_entropy_and_gradients(policy: ReferencePolicy) -> None:
+    """One padded forward scores step-1, step-2 and joint (both steps) segments of different lengths as the
+    decoder recorded them; the entropy is that of the constrained distribution; gradients flow."""
+    rollouts = policy.generate(["x", "A purple zebra-striped chair with four legs", "a red table"], [1, 2, 3],
+                               temperature=1.0, top_k=0)
+    contexts = [r.step1.context for r in rollouts] + [rollouts[0].step2.context, rollouts[1].step1.context]
+    segments = [r.step1.ids for r in rollouts] + [rollouts[0].step2.ids, rollouts[1].step1.ids + rollouts[1].step2.ids]
+    recorded = [r.step1 for r in rollouts] + [rollouts[0].step2, None]
+    policy.model.zero_grad()
+    scores = policy.sequence_logprobs(contexts, segments, entropy=True)
+    assert len({len(s) for s in segments}) >= 3 and scores.logprobs.shape == (5, max(len(s) for s in segments))
+    for b, seg in enumerate(segments):
+        n = len(seg)
+        assert scores.valid[b, :n].all() and not scores.valid[b, n:].any()
+        rec = recorded[b]
+        lp = rec.logprobs if rec else rollouts[1].step1.logprobs + rollouts[1].step2.logprobs
+        sampled = rec.sampled if rec else rollouts[1].step1.sampled + rollouts[1].step2.sampled
+        assert torch.allclose(scores.logprobs[b, :n].detach(), torch.tensor(lp), atol=1e-4)
+        assert scores.sampled[b, :n].tolist() == sampled and not scores.sampled[b, n:].any()
+        assert (scores.logprobs[b, n:] == 0).all() and (scores.entropy[b][~scores.sampled[b]] == 0).all()
+    # the entropy at one sampled position, from a plain forward of that row
+    b, t = 3, 2
+    with torch.no_grad():
+        logits = policy.model(input_ids=torch.tensor([contexts[b] + segments[b][:t]])).logits[0, -1]
+    st = GrammarState([STEP2_GRAMMAR], policy.max_plan, "cpu")
+    for tk in segments[b][:t]:
+        st.advance(torch.tensor([tk]))
+    allowed = class_masks(policy.tokenizer)[st.classes()][0]
+    p = torch.softmax(logits.masked_fill(~allowed, float("-inf")), -1)
+    want = -(p[p > 0] * p[p > 0].log()).sum()
+    assert scores.sampled[b, t] and scores.entropy[b, t].item() == pytest.approx(want.item(), rel=1e-4)
+    scores.logprobs[scores.sampled].sum().backward()
+    assert policy.model.model.embed_tokens.weight.grad.abs().sum() > 0
+    policy.model.zero_grad()

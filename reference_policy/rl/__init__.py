@@ -1,2 +1,3 @@
 """Hi-GRPO reinforcement learning for the reference policy: pure loss/advantage functions (:mod:`.algos`), the
-reward ensemble (:mod:`.rewards`) and the trainer (:mod:`.train`)."""
+reward ensemble (:mod:`.rewards`), the run settings (:mod:`.config`), rollouts (:mod:`.rollout`), the update batch
+(:mod:`.batch`) and the trainer (:mod:`.train`)."""
