@@ -2,7 +2,10 @@
 
 Each family is ``f(rng, seed) -> WorldSample``: it draws counts, colours, sizes and placements from ``rng``,
 paints the parts with a :class:`~reference_policy.world.sample.Builder` and lets it derive prompts, plan and spec.
-Tall or top-heavy objects stand on a base so that every sample is statically stable.
+Tall or top-heavy objects stand on a base so that every sample is statically stable, and every part rests on or
+touches another (each 26-connected component of a grid reaches ``z = 0``: nothing floats). A part's pieces are
+told apart by their visible voxels: no piece is joined to another, or split, only through voxels hidden inside
+the object (so a mesh of the object, which shows no interior, voxelises back to the same counts).
 """
 
 from __future__ import annotations

@@ -25,9 +25,13 @@ inside: its surface voxels (the voxels of the colour samples below) are filled w
 Colour: surface samples are each vertex (its own colour), each face centroid (the most common colour of its
 vertices) and ``samples`` area-weighted random points (the colour of their nearest vertex by barycentric weight;
 face colours where the mesh has no vertex colours); each is pushed ``INSET`` voxel inwards along its normal and
-mapped to the nearest palette colour. Every occupied voxel takes the colour of the sample nearest to its centre.
-Colours are never averaged across a boundary, so a small part (an eye) is not turned into a mixed colour.
-Interior voxels are invisible on a surface; they take the colour of the nearest surface sample.
+mapped to the nearest palette colour. Every visible voxel (occupied, with an empty 6-neighbour) takes the colour of
+the sample nearest to its centre; colours are never averaged across a boundary, so a small part (an eye) keeps
+its own colour. Hidden voxels cannot be seen on any surface: each takes the colour of the nearest visible voxel of
+its own layer ``z`` (of any layer when its layer has none), so stacked parts (a tower's floors and the slabs
+between them) stay apart. The world is built so that no part is joined or split only through hidden voxels
+(:mod:`~reference_policy.world.families`); on it, a ground-truth mesh comes back as its grid up to a translation,
+occupancy and visible colours exactly.
 """
 
 from __future__ import annotations
