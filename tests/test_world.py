@@ -252,3 +252,33 @@ def test_surface_mesh_vertices_take_the_colour_of_their_own_voxel():
             if h.sum() == 1:
                 assert len(owners) == 1, (name, v)
             assert any(np.array_equal(col, rgb[o]) for o in owners), (name, v, col, owners)
+
+
+def test_spec_carries_the_ground_truth_facts():
+    """Independent reference: the facts recomputed from the grid with plain numpy (argwhere, histogramdd)."""
+    from reference_policy.world.sample import LAYOUT_BINS, LAYOUT_TRIM, extent_of, layouts
+
+    for name in ("table", "spider", "cartoon_house"):
+        s = sample(name, 2)
+        occ = np.argwhere(s.grid > 0)
+        side = occ.max(axis=0) - occ.min(axis=0) + 1
+        assert s.spec.volume == len(occ)
+        assert s.spec.extent == (max(side[:2]), min(side[:2]), side[2]) == extent_of(s.grid > 0)
+        lo = np.quantile(occ, LAYOUT_TRIM, axis=0, method="lower")
+        hi = np.quantile(occ, 1 - LAYOUT_TRIM, axis=0, method="higher")
+        edges = [np.concatenate([[-np.inf], lo[a] + (hi[a] - lo[a] + 1) * np.arange(1, LAYOUT_BINS) / LAYOUT_BINS,
+                                 [np.inf]]) for a in range(3)]
+        for colour, stored in [(None, s.spec.layout)] + [(p.colour, s.spec.shapes[p.type].layout) for p in s.parts]:
+            pts = occ if colour is None else np.argwhere(s.grid == index_of(colour))
+            hist, _ = np.histogramdd(pts, bins=edges)
+            np.testing.assert_allclose(np.asarray(stored).reshape(hist.shape), hist / hist.sum(), atol=1e-12)
+        for p in s.parts:
+            shape = s.spec.shapes[p.type]
+            mask = s.grid == index_of(p.colour)
+            assert shape.pieces == p.count and shape.fraction == pytest.approx(mask.sum() / len(occ))
+            assert shape.mean_z == pytest.approx(np.argwhere(mask)[:, 2].mean())
+            labels, n = ndimage.label(mask, FULL)
+            sides = sorted(extent_of(labels == i) for i in range(1, n + 1))
+            assert shape.piece_extent == tuple(float(v) for v in np.median(np.array(sides), axis=0))
+    legs = sample("table", 2).spec.shapes["leg"]
+    assert legs.piece_extent[:2] == (3.0, 3.0)  # the corner legs are 3 x 3 voxel columns
