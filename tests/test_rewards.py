@@ -172,7 +172,6 @@ def test_rewards_of_a_training_batch_are_deterministic():
     np.testing.assert_array_equal(a.total, b.total)
 
 
-@pytest.mark.slow
 def test_a_clip_reward_on_rendered_views_end_to_end(tmp_path):
     """The tiny random CLIP of tests/tiny_clip.py through the adapter: grid -> marching-cubes mesh -> reward6 views
     -> ClipScore -> [0, 1]. The reference path is mme3dr's own: the mesh written to a file, ``render_asset`` into a
@@ -201,3 +200,16 @@ def test_a_clip_reward_on_rendered_views_end_to_end(tmp_path):
         assert batch.total[0] == pytest.approx(2.0 * expected, abs=4e-3)
     with pytest.raises(ValueError, match="hi > lo"):
         rendered_metric(metric, "clip", (1.0, 1.0))
+
+
+def test_reward_report_runs_on_the_bundled_checkpoint(tmp_path, capsys):
+    import json
+
+    from reference_policy.rl.reward_report import main
+
+    main(["--n", "3", "--out", str(tmp_path / "report.json")])
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert set(report["step1"]) == {"truth", "coarse", "other_seed", *DEGENERATES}
+    assert set(report["step2"]) == {"truth", "vq", "other_seed", *DEGENERATES}
+    assert report["step2"]["truth"]["total"] == pytest.approx(1.0) and report["step2"]["empty"]["total"] == 0.0
+    assert "### step 2 (final grid)" in capsys.readouterr().err

@@ -131,8 +131,8 @@ def other_seed(s: WorldSample, rng: np.random.Generator) -> np.ndarray:
     return lut[other.grid]
 
 
-def table(grids: dict[str, list[np.ndarray]], samples: list[WorldSample], step: int,
-          ensemble: RewardEnsemble) -> dict[str, dict[str, float]]:
+def table(grids: dict[str, list[np.ndarray]], samples: list[WorldSample], ensemble: RewardEnsemble
+          ) -> dict[str, dict[str, float]]:
     """Per grid family: the mean of every component and of the total."""
     out = {}
     for name, gs in grids.items():
@@ -173,8 +173,8 @@ def rollout_stats(policy, samples: list[WorldSample], groups: int, seed: int = 0
         rolls = policy.generate([s.prompts[i % 3] for i, s in enumerate(samples)],
                                 [seed + i for i in range(len(samples))], TEMPERATURE, TOP_K)
         out["generate_seconds"] = time.perf_counter() - start
-        out["step1"] = table({"policy (T 0.7, top-k 20)": [r.coarse_grid for r in rolls]}, samples, 1, r1)
-        out["step2"] = table({"policy (T 0.7, top-k 20)": [r.grid for r in rolls]}, samples, 2, r2)
+        out["step1"] = table({"policy (T 0.7, top-k 20)": [r.coarse_grid for r in rolls]}, samples, r1)
+        out["step2"] = table({"policy (T 0.7, top-k 20)": [r.grid for r in rolls]}, samples, r2)
     if groups:
         group_samples = generate(groups, "train", seed + 1)
         prompts = [s.prompts[g % 3] for g, s in enumerate(group_samples) for _ in range(8)]
@@ -207,8 +207,8 @@ def main(argv: list[str] | None = None) -> None:
     grids = static_grids(samples, policy.vqvae, a.seed)
     start = time.perf_counter()
     result = {"n": a.n, "seed": a.seed,
-              "step1": table(grids["step1"], samples, 1, step1_rewards()),
-              "step2": table(grids["step2"], samples, 2, step2_rewards())}
+              "step1": table(grids["step1"], samples, step1_rewards()),
+              "step2": table(grids["step2"], samples, step2_rewards())}
     n_grids = sum(len(g) for g in grids["step1"].values()) + sum(len(g) for g in grids["step2"].values())
     result["ms_per_grid_and_step"] = 1000 * (time.perf_counter() - start) / n_grids
     if a.rollouts or a.groups:

@@ -380,6 +380,8 @@ def rendered_metric(metric: PromptMetric, key: str, value_range: tuple[float, fl
     ``clip((value - lo) / (hi - lo), 0, 1)`` with ``(lo, hi) = value_range`` (e.g. ``(0, 100)`` for
     ``clip``, ``(1, 5)`` for a 1-5 judge). An empty grid scores 0; a metric error raises ``RuntimeError``.
     """
+    from PIL import Image
+
     from mme3dr.assets import Asset, normalisation_transform
     from mme3dr.metrics.base import ScoreItem
     from mme3dr.render import get_preset, get_renderer
@@ -395,8 +397,6 @@ def rendered_metric(metric: PromptMetric, key: str, value_range: tuple[float, fl
         mesh.apply_transform(normalisation_transform(mesh.bounds))
         views = get_renderer().render(Asset(Path(f"{sample.family}-{sample.seed}"), [mesh], "+z"), render_preset)
         with tempfile.TemporaryDirectory(prefix="reward-views-") as folder:
-            from PIL import Image
-
             mode = "RGBA" if render_preset.background == "transparent" else "RGB"
             for i, view in enumerate(views.rgba):
                 Image.fromarray(view if mode == "RGBA" else view[..., :3], mode).save(Path(folder) / f"{i:03d}.png")
