@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import trimesh
-from scipy import ndimage
+from scipy.spatial import cKDTree
 
 from mme3dr.adapters.base import GenerationRequest, GenerationResult, Generator, check_device
 from mme3dr.errors import InputError
@@ -36,14 +36,16 @@ _RGBA = np.array([(0, 0, 0, 255), *((*rgb, 255) for rgb in PALETTE.values())], d
 
 def surface_mesh(grid: np.ndarray) -> trimesh.Trimesh:
     """Marching-cubes surface of the occupied voxels (:func:`occupancy_to_mesh`, z-up, in [-0.5, 0.5]^3) with
-    each vertex coloured by the palette colour of the occupied voxel nearest to it (Euclidean distance transform).
-    Raises ``ValueError`` for an empty grid."""
+    each vertex coloured by the palette colour of the occupied voxel whose centre is nearest to it.
+
+    Marching cubes on a 0/1 grid at level 0.5 puts a vertex at the midpoint of each lattice edge between an
+    occupied and an empty voxel centre, so that voxel is the occupied end of its edge, half a voxel away and
+    unique (the few vertices the Lewiner variant adds at cell centres take one of the occupied corners of the
+    cell). Raises ``ValueError`` for an empty grid."""
     mesh = occupancy_to_mesh(grid > 0)
-    _, nearest = ndimage.distance_transform_edt(grid == 0, return_indices=True)
-    res = grid.shape[0]
-    idx = np.clip(np.rint((mesh.vertices + 0.5) * res - 0.5).astype(int), 0, res - 1)
-    src = nearest[:, idx[:, 0], idx[:, 1], idx[:, 2]]
-    mesh.visual.vertex_colors = _RGBA[grid[src[0], src[1], src[2]]]
+    occupied = np.argwhere(grid > 0)
+    _, nearest = cKDTree(occupied).query((mesh.vertices + 0.5) * grid.shape[0] - 0.5)
+    mesh.visual.vertex_colors = _RGBA[grid[tuple(occupied[nearest].T)]]
     return mesh
 
 

@@ -10,32 +10,31 @@ Check types and rules (grid frame and palette of :mod:`reference_policy.world.gr
   (the spec stores half the ground-truth fraction).
 - ``relation`` (one per triple ``(a, "above", b)``): passes when ``z̄(a) - z̄(b) >= RELATION_MARGIN`` with z̄ the
   mean z of the part colour's voxels; fails when either part is absent.
-- ``stability`` (one, when the spec asks for it): the lowest occupied layer must be ``z = 0`` and the x/y centre
-  of mass of all occupied voxels (unit mass each) must lie inside the convex hull of the footprint, the
-  occupied cells of layer 0 taken as unit squares (their corners), with a tolerance of 1e-6.
+- ``stability`` (one, when the spec asks for it): the occupied voxels are split into 26-connected components
+  (any colours); every component must be supported, i.e. contain a voxel of the ground layer ``z = 0`` (a part
+  resting on another part is connected to it, so a floating blob fails however close it hovers), and the x/y
+  centre of mass of each component (unit mass per voxel) must lie inside the convex hull of that component's
+  footprint, its occupied cells of layer 0 taken as unit squares (their corners), with a tolerance of 1e-6.
 
-The score of a sample is the mean of its check results. :func:`voxelise_mesh` maps a coloured mesh (file or
-trimesh) back to the palette grid so that generated meshes can be scored the same way.
+The score of a sample is the mean of its check results. Meshes are scored through
+:func:`reference_policy.world.voxelise_mesh`, which maps a coloured mesh back to the palette grid.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Iterable
 
 import numpy as np
-import trimesh
 from scipy import ndimage
 from scipy.spatial import ConvexHull
 
-from reference_policy.world.grid import GRID, PALETTE, index_of
+from reference_policy.world.grid import index_of
 from reference_policy.world.sample import FULL, Spec
 
 RELATION_MARGIN = 0.5
 CHECK_TYPES = ("count", "colour", "relation", "stability")
-_RGB = np.array(list(PALETTE.values()), dtype=np.float32)
 _SQUARE = np.array([(-0.5, -0.5), (-0.5, 0.5), (0.5, -0.5), (0.5, 0.5)])
 
 
@@ -75,17 +74,26 @@ def count_components(mask: np.ndarray, min_size: int = 1) -> int:
 
 def is_stable(grid: np.ndarray) -> tuple[bool, str]:
     """The stability rule of the module docstring; returns (passed, reason)."""
-    occ = np.argwhere(grid > 0)
-    if len(occ) == 0:
+    labels, n = ndimage.label(grid > 0, FULL)
+    if n == 0:
         return False, "empty grid"
-    if occ[:, 2].min() != 0:
-        return False, f"floating: lowest layer z={occ[:, 2].min()}"
-    com = occ[:, :2].mean(axis=0)
-    feet = occ[occ[:, 2] == 0][:, :2]
-    corners = (feet[:, None, :] + _SQUARE[None]).reshape(-1, 2)
-    eq = ConvexHull(corners).equations
-    inside = bool(np.all(eq[:, :2] @ com + eq[:, 2] <= 1e-6))
-    return inside, f"centre of mass ({com[0]:.1f}, {com[1]:.1f}) {'inside' if inside else 'outside'} footprint"
+    grounded = np.unique(labels[:, :, 0])
+    floating = np.setdiff1d(np.arange(1, n + 1), grounded)
+    if len(floating):
+        sizes = np.bincount(labels.ravel(), minlength=n + 1)[floating]
+        return False, f"{len(floating)} of {n} parts float (not connected to z=0; {int(sizes.sum())} voxels)"
+    occ = np.argwhere(labels)
+    lab = labels[tuple(occ.T)]
+    counts = np.bincount(lab, minlength=n + 1)[1:]
+    com = np.stack([np.bincount(lab, occ[:, a], n + 1)[1:] for a in (0, 1)], axis=1) / counts[:, None]
+    for i in range(n):
+        feet = np.argwhere(labels[:, :, 0] == i + 1)
+        corners = (feet[:, None, :] + _SQUARE[None]).reshape(-1, 2)
+        eq = ConvexHull(corners).equations
+        if not np.all(eq[:, :2] @ com[i] + eq[:, 2] <= 1e-6):
+            return False, (f"part {i + 1} of {n}: centre of mass ({com[i, 0]:.1f}, {com[i, 1]:.1f}) outside its "
+                           f"footprint")
+    return True, f"{n} grounded part{'s' if n > 1 else ''}, each centre of mass over its footprint"
 
 
 def verify(grid: np.ndarray, spec: Spec) -> Verdict:
@@ -129,42 +137,3 @@ def accuracy(pairs: Iterable[tuple[np.ndarray, Spec]]) -> dict[str, float]:
     out["score"] = float(np.mean(scores)) if scores else float("nan")
     out["all"] = float(np.mean(alls)) if alls else float("nan")
     return out
-
-
-def voxelise_mesh(mesh: trimesh.Trimesh | str | Path, fit: bool = True, samples: int = 20000,
-                   seed: int = 0) -> np.ndarray:
-    """A coloured mesh -> palette grid.
-
-    Frame: z up. With ``fit`` the mesh is scaled so its largest extent spans ``GRID`` voxels, centred in x/y,
-    base at z = 0; without it the mesh is taken in the frame of :func:`~reference_policy.world.grid.to_mesh`
-    (``voxel = position * GRID + (GRID/2, GRID/2, 0)``), which maps that output back onto its own voxels. Surface
-    points (each
-    triangle's centroid plus ``samples`` area-weighted random points) are pushed a quarter voxel inwards along the
-    face normal, coloured with the nearest palette colour of the face's mean vertex colour, and written into their
-    voxels; the closed interior (``binary_fill_holes``) takes the colour of the nearest surface voxel.
-    """
-    if not isinstance(mesh, trimesh.Trimesh):
-        mesh = trimesh.load(mesh, force="mesh", process=False)
-    lo, hi = mesh.bounds
-    scale = GRID / max(float((hi - lo).max()), 1e-9) if fit else float(GRID)
-    shift = np.array([GRID / 2 - (lo[0] + hi[0]) / 2 * scale, GRID / 2 - (lo[1] + hi[1]) / 2 * scale,
-                      -lo[2] * scale]) if fit else np.array([GRID / 2, GRID / 2, 0.0])
-    tri = mesh.triangles * scale + shift
-    rgb = mesh.visual.vertex_colors[mesh.faces][:, :, :3].astype(np.float32).mean(axis=1) \
-        if mesh.visual.kind == "vertex" else np.asarray(mesh.visual.face_colors, np.float32)[:, :3]
-    palette = ((rgb[:, None, :] - _RGB[None]) ** 2).sum(-1).argmin(1).astype(np.uint8) + 1
-    rng = np.random.default_rng(seed)
-    area = mesh.area_faces
-    picks = rng.choice(len(tri), size=samples, p=area / area.sum()) if area.sum() > 0 else np.zeros(0, int)
-    uv = rng.random((samples, 2))
-    uv = np.where(uv.sum(1, keepdims=True) > 1, 1 - uv, uv)
-    t = tri[picks]
-    pts = np.concatenate([tri.mean(axis=1), t[:, 0] + uv[:, :1] * (t[:, 1] - t[:, 0]) + uv[:, 1:] * (t[:, 2] - t[:, 0])])
-    faces = np.concatenate([np.arange(len(tri)), picks])
-    pts -= 0.25 * mesh.face_normals[faces]
-    ijk = np.clip(np.floor(pts).astype(int), 0, GRID - 1)
-    grid = np.zeros((GRID,) * 3, np.uint8)
-    grid[tuple(ijk.T)] = palette[faces]
-    solid = ndimage.binary_fill_holes(grid > 0)
-    _, nearest = ndimage.distance_transform_edt(grid == 0, return_indices=True)
-    return np.where(solid, grid[tuple(nearest)], 0).astype(np.uint8)

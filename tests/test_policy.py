@@ -137,10 +137,13 @@ def test_pretrain_smoke_end_to_end(tmp_path) -> None:
     metrics = pretrain(tmp_path / "ckpt", SMOKE)
     assert np.isfinite(metrics["policy_final_loss"]) and (tmp_path / "ckpt" / "log.jsonl").exists()
     policy = ReferencePolicy.from_pretrained(tmp_path / "ckpt")
-    r = policy.generate(["A steampunk gramophone with a brass horn on a walnut cabinet."], [0], top_k=8)[0]
-    assert r.grid.shape == (32, 32, 32)
-    grid = r.grid if (r.grid > 0).any() else r.coarse_grid
-    assert (grid > 0).any(), "smoke checkpoint decoded to an empty grid"
+    rollouts = policy.generate(["A steampunk gramophone with a brass horn on a walnut cabinet."] * 8, list(range(8)),
+                               top_k=8)
+    assert all(r.grid.shape == (32, 32, 32) for r in rollouts)
+    # a 6-step smoke model decodes many seeds to an empty grid (which seeds depends on the world's data)
+    grids = [g for r in rollouts for g in (r.grid, r.coarse_grid) if (g > 0).any()]
+    assert grids, "smoke checkpoint decoded 8 seeds to empty grids"
+    grid = grids[0]
     path = tmp_path / "gen.ply"
     to_mesh(grid).export(path)
     asset = load_asset(path)

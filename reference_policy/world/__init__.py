@@ -16,6 +16,7 @@ import numpy as np
 from reference_policy.world.families import FAMILIES, Family
 from reference_policy.world.grid import CENTRE, COLOURS, GRID, PALETTE, index_of, to_mesh
 from reference_policy.world.sample import Part, Spec, WorldSample
+from reference_policy.world.voxelise import voxelise_mesh
 
 Split = Literal["train", "heldout"]
 HELDOUT_FAMILIES: frozenset[str] = frozenset({"arch_bridge", "helicopter", "bird", "pagoda", "toy_train"})
@@ -58,4 +59,5 @@ def generate(n: int, split: Split = "train", seed: int = 0) -> list[WorldSample]
 
 
 __all__ = ["CENTRE", "COLOURS", "FAMILIES", "GRID", "HELDOUT_COMBOS", "HELDOUT_FAMILIES", "PALETTE", "Family",
-           "Part", "Spec", "Split", "WorldSample", "generate", "index_of", "sample", "split_of", "to_mesh"]
+           "Part", "Spec", "Split", "WorldSample", "generate", "index_of", "sample", "split_of", "to_mesh",
+           "voxelise_mesh"]

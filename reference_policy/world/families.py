@@ -2,7 +2,10 @@
 
 Each family is ``f(rng, seed) -> WorldSample``: it draws counts, colours, sizes and placements from ``rng``,
 paints the parts with a :class:`~reference_policy.world.sample.Builder` and lets it derive prompts, plan and spec.
-Tall or top-heavy objects stand on a base so that every sample is statically stable.
+Tall or top-heavy objects stand on a base so that every sample is statically stable, and every part rests on or
+touches another (each 26-connected component of a grid reaches ``z = 0``: nothing floats). A part's pieces are
+told apart by their visible voxels: no piece is joined to another, or split, only through voxels hidden inside
+the object (so a mesh of the object, which shows no interior, voxelises back to the same counts).
 """
 
 from __future__ import annotations
@@ -124,7 +127,7 @@ def bench(rng: np.random.Generator, seed: int) -> WorldSample:
     pairs, slats = _i(rng, 2, 3), _i(rng, 2, 4)
     xs = np.linspace(C - 12, C + 12, pairs)
     b.add("leg", b.colour(*METAL, *WOOD), "in pairs under the seat",
-          *[box(x - 0.6, x + 0.6, C + s * 4 - 0.6, C + s * 4 + 0.6, 0, 6) for x in xs for s in (-1, 1)])
+          *[box(x - 0.6, x + 0.6, C + s * 3 - 2, C + s * 3 + 2, 0, 6) for x in xs for s in (-1, 1)])
     b.add("slat", b.colour(*WOOD, *BRIGHT), "side by side forming the seat",
           *[box(C - 13, C + 13, y - 0.6, y + 0.6, 7, 7) for y in np.linspace(C - 5, C + 5, slats)])
     return b.finish("bench", "spatial", "bench", seed)
@@ -177,7 +180,7 @@ def arch_bridge(rng: np.random.Generator, seed: int) -> WorldSample:
           *[box(x - 1, x + 1, C - 3, C + 3, 0, h) for x in np.linspace(C - 13, C + 13, n)])
     b.add("deck", b.colour(*WOOD, *BRIGHT), "spanning the pillars", box(C - 15, C + 15, C - 4, C + 4, h + 1, h + 2))
     b.add("railing", b.colour(*METAL, "white"), "along both edges of the deck",
-          box(C - 15, C + 15, C - 4, C - 4, h + 4, h + 4), box(C - 15, C + 15, C + 4, C + 4, h + 4, h + 4))
+          box(C - 15, C + 15, C - 4, C - 4, h + 3, h + 3), box(C - 15, C + 15, C + 4, C + 4, h + 3, h + 3))
     return b.finish("arch_bridge", "spatial", "bridge", seed)
 
 
@@ -212,11 +215,11 @@ def windmill(rng: np.random.Generator, seed: int) -> WorldSample:
     n = _i(rng, 3, 6)
     b.add("tower", b.colour("white", "beige", "brown", "grey"), "standing upright", cone(C, C + 2, 0, 6, 26))
     hub = (C, C - 5, 19.0)
-    b.add("hub", b.colour(*METAL, "red"), "at the front near the top",
-          cylinder(hub[0], hub[2], 1.8, C - 6, C + 1, axis="y"))
+    hub_mask = cylinder(hub[0], hub[2], 2.5, C - 6, C + 1, axis="y")
+    b.add("hub", b.colour(*METAL, "red"), "at the front near the top", hub_mask)
     b.add("blade", b.colour(*BRIGHT, "white"), "spread around the hub",
           *[segment((hub[0] + 3 * math.cos(a), hub[1] - 1, hub[2] + 3 * math.sin(a)),
-                    (hub[0] + 11 * math.cos(a), hub[1] - 1, hub[2] + 11 * math.sin(a)), 1.0)
+                    (hub[0] + 11 * math.cos(a), hub[1] - 1, hub[2] + 11 * math.sin(a)), 1.0) & ~hub_mask
             for a in (math.pi / 2 + 2 * math.pi * k / n for k in range(n))])
     return b.finish("windmill", "mechanical", "windmill", seed)
 
@@ -297,12 +300,12 @@ def helicopter(rng: np.random.Generator, seed: int) -> WorldSample:
     b.add("skid", b.colour("black", "grey"), "along the bottom",
           box(C - 8, C + 8, C - 5, C - 4, 0, 0), box(C - 8, C + 8, C + 4, C + 5, 0, 0))
     b.add("strut", b.colour(*METAL), "connecting the skids to the body",
-          *[box(x, x, y, y, 1, 3) for x in (C - 5, C + 5) for y in (C - 4.5, C + 4.5)])
+          *[box(x, x, y, y, 1, 6) for x in (C - 3, C + 3) for y in (C - 4.5, C + 4.5)])
     b.add("body", b.colour(*BRIGHT), "rounded cabin", ellipsoid(C, C, 8, 8, 5, 4.5))
     b.add("tail", b.colour(*BRIGHT), "boom extending backwards", segment((C - 7, C, 9), (C - 15, C, 11), 1.0))
     b.add("rotor blade", b.colour("black", "grey", "white"), "spinning above the body",
-          *[segment((C + 2.5 * math.cos(a), C + 2.5 * math.sin(a), 15), (C + 13 * math.cos(a),
-                     C + 13 * math.sin(a), 15), 0.8) for a in (2 * math.pi * k / n + 0.4 for k in range(n))])
+          *[segment((C + 2.5 * math.cos(a), C + 2.5 * math.sin(a), 13), (C + 13 * math.cos(a),
+                     C + 13 * math.sin(a), 13), 0.8) for a in (2 * math.pi * k / n + 0.4 for k in range(n))])
     return b.finish("helicopter", "mechanical", "helicopter", seed)
 
 
@@ -316,7 +319,7 @@ def tree(rng: np.random.Generator, seed: int) -> WorldSample:
           *[segment((C + 2.5 * math.cos(a), C + 2.5 * math.sin(a), 10), (C + 9 * math.cos(a),
                      C + 9 * math.sin(a), 17), 0.8) for _, _, a in _around(n, 1, 0.5)])
     b.add("crown", b.colour("green", "orange", "red", "yellow"), "a leafy ball on top",
-          ellipsoid(C, C, 22, 6, 6, 5))
+          ellipsoid(C, C, 20, 6, 6, 5))
     b.add("root", b.colour("beige", "grey"), "spreading on the ground",
           *[segment((C + 3 * math.cos(a), C + 3 * math.sin(a), 0), (C + 7 * math.cos(a), C + 7 * math.sin(a), 0),
                     0.9) for _, _, a in _around(3, 1)])
@@ -329,10 +332,10 @@ def mushroom(rng: np.random.Generator, seed: int) -> WorldSample:
     n = _i(rng, 3, 7)
     h = _i(rng, 8, 12)
     b.add("stem", b.colour("white", "beige"), "thick and short", cylinder(C, C, 3, 0, h))
-    b.add("cap", b.colour("red", "brown", "orange", "yellow", "purple"), "a dome on the stem",
-          ellipsoid(C, C, h + 1, 10, 10, 6) & box(0, 31, 0, 31, h + 1, 31))
+    cap = ellipsoid(C, C, h + 1, 10, 10, 6) & box(0, 31, 0, 31, h + 1, 31)
+    b.add("cap", b.colour("red", "brown", "orange", "yellow", "purple"), "a dome on the stem", cap)
     b.add("spot", b.colour("white", "yellow", "black"), "dotted over the cap",
-          *[ellipsoid(x, y, h + 5.3, 1.3, 1.3, 1.2) for x, y, _ in _around(n, 5)], count=n)
+          *[ellipsoid(x, y, h + 6.2, 1.3, 1.3, 1.2) & ~cap for x, y, _ in _around(n, 5)], count=n)
     return b.finish("mushroom", "biological", "mushroom", seed)
 
 
@@ -355,10 +358,10 @@ def flower(rng: np.random.Generator, seed: int) -> WorldSample:
     b = Builder(rng)
     n = _i(rng, 4, 8)
     b.add("pot", b.colour("brown", "orange", "white", "grey"), "at the bottom", cylinder(C, C, 5, 0, 5))
-    b.add("stem", b.colour("green", "teal"), "slender and upright", cylinder(C, C, 0.8, 6, 20))
+    b.add("stem", b.colour("green", "teal"), "slender and upright", cylinder(C, C, 0.8, 6, 21))
     b.add("leaf", b.colour("green", "teal"), "on either side of the stem",
           segment((C + 1, C, 11), (C + 5, C, 14), 0.9), segment((C - 1, C, 13), (C - 5, C, 16), 0.9))
-    b.add("centre", b.colour("yellow", "brown", "orange"), "at the top of the stem", ellipsoid(C, C, 23, 2, 2, 2))
+    b.add("centre", b.colour("yellow", "brown", "orange"), "at the top of the stem", ellipsoid(C, C, 23, 6.2, 6.2, 1.5))
     b.add("petal", b.colour("red", "pink", "purple", "white", "blue"), "in a ring around the centre",
           *[ellipsoid(x, y, 23, 1.3, 1.3, 1.3) for x, y, _ in _around(n, 6.8)])
     return b.finish("flower", "biological", "flower", seed)
@@ -431,7 +434,7 @@ def fish(rng: np.random.Generator, seed: int) -> WorldSample:
     b = Builder(rng)
     n = _i(rng, 2, 4)
     b.add("stand", b.colour("black", "grey", "brown"), "a base with a rod", cylinder(C, C, 5, 0, 1))
-    b.add("rod", b.colour(*METAL), "holding the fish up", cylinder(C, C, 0.8, 2, 9))
+    b.add("rod", b.colour(*METAL), "holding the fish up", cylinder(C, C, 0.8, 2, 10))
     b.add("body", b.colour(*BRIGHT), "an elongated oval", ellipsoid(C, C, 15, 9, 3, 5))
     b.add("tail", b.colour(*BRIGHT), "forked at the back", segment((C - 9, C, 15), (C - 14, C, 19), 1.0) | segment((C - 9, C, 15), (C - 14, C, 11), 1.0), count=1)
     xs = np.linspace(C - 4, C + 4, n)
@@ -446,7 +449,7 @@ def bird(rng: np.random.Generator, seed: int) -> WorldSample:
     b.add("foot", b.colour("orange", "yellow", "black"), "flat on the ground",
           box(C - 2, C + 2, C - 4, C - 2, 0, 0), box(C - 2, C + 2, C + 2, C + 4, 0, 0))
     b.add("leg", b.colour("orange", "yellow", "grey"), "thin, under the body",
-          cylinder(C, C - 3, 1.0, 1, 5), cylinder(C, C + 3, 1.0, 1, 5))
+          cylinder(C, C - 3, 1.0, 1, 6), cylinder(C, C + 3, 1.0, 1, 6))
     b.add("body", b.colour(*BRIGHT, "white", "black"), "round", ellipsoid(C, C, 11, 7, 5, 5))
     b.add("wing", b.colour(*BRIGHT, "white", "black"), "folded on the sides",
           ellipsoid(C - 1, C - 5.5, 12, 4, 1, 2.5), ellipsoid(C - 1, C + 5.5, 12, 4, 1, 2.5))
@@ -469,7 +472,7 @@ def chess_pawn(rng: np.random.Generator, seed: int) -> WorldSample:
     b.add("collar", b.colour("gold", "grey", "red"), "a disc in the middle", cylinder(C, C, 5, 10, 11))
     b.add("neck", b.colour("white", "black", "beige", "brown"), "tapering up from the base",
           cone(C, C, 4, 4.5, 12) & box(0, 31, 0, 31, 4, 9))
-    b.add("head", b.colour("white", "black", "beige", "brown"), "a sphere on top", ellipsoid(C, C, 18, 4, 4, 4))
+    b.add("head", b.colour("white", "black", "beige", "brown"), "a sphere on top", ellipsoid(C, C, 15, 4, 4, 4))
     return b.finish("chess_pawn", "world-knowledge", "chess pawn", seed, style="")
 
 
@@ -501,11 +504,11 @@ def _string_instrument(rng: np.random.Generator, seed: int, name: str, noun: str
     b = Builder(rng)
     n = _i(rng, *strings)
     b.add("stand", b.colour("black", "grey"), "a low block holding the instrument upright",
-          box(C - 7, C + 7, C - 4, C + 4, 0, 1))
+          box(C - 7, C + 7, C - 4, C + 4, 0, 2))
     b.add("body", b.colour("brown", "red", "orange", "black", "blue", "green"), "lower and upper bouts",
           ellipsoid(C, C, 7, 7, 2, 5) | ellipsoid(C, C, 14, waist, 2, 4), count=1)
     b.add("neck", b.colour("brown", "beige", "black", "yellow"), "long and thin above the body",
-          box(C - 1, C + 1, C - 1, C + 0, 19, 26))
+          box(C - 1, C + 1, C - 1, C + 0, 18, 26))
     b.add("string", b.colour("white", "grey", "gold"), "running along the body",
           *[box(x, x, 13, 13, 4, 16) for x in range(16 - n, 16 + n, 2)])
     b.add("headstock", b.colour("black", "brown", "white"), "at the end of the neck",
@@ -541,8 +544,9 @@ def lighthouse(rng: np.random.Generator, seed: int) -> WorldSample:
     b = Builder(rng)
     n = _i(rng, 2, 4)
     b.add("tower", b.colour("white", "beige"), "a tapering column", cone(C, C, 0, 6, 40) & box(0, 31, 0, 31, 0, 22))
-    b.add("stripe", b.colour("red", "blue", "black"), "banded around the tower",
-          *[cone(C, C, 0, 6.2, 40) & ~cone(C, C, 0, 4.5, 40) & box(0, 31, 0, 31, 3 + 6 * k, 5 + 6 * k)
+    seam = box(C - 0.5, C + 0.5, C, 31, 0, 31)  # the bands leave a strip at the back, where the tower shows through
+    b.add("stripe", b.colour("red", "blue", "black"), "banded around the tower, open at the back",
+          *[cone(C, C, 0, 6.2, 40) & ~cone(C, C, 0, 4.5, 40) & box(0, 31, 0, 31, 3 + 6 * k, 5 + 6 * k) & ~seam
             for k in range(n)])
     b.add("lantern", b.colour("yellow", "gold"), "glass room on top", cylinder(C, C, 2.5, 23, 26))
     b.add("roof", b.colour("black", "red", "grey"), "a cone over the lantern", cone(C, C, 27, 3.5, 4))
@@ -580,9 +584,11 @@ def sundial(rng: np.random.Generator, seed: int) -> WorldSample:
 def lowpoly_tree(rng: np.random.Generator, seed: int) -> WorldSample:
     b = Builder(rng)
     n = _i(rng, 2, 4)
-    b.add("trunk", b.colour("brown", "beige"), "a short block", box(C - 1, C + 1, C - 1, C + 1, 0, 4))
-    b.add("cone tier", b.colour("green", "teal", "white"), "stacked and shrinking",
-          *[cone(C, C, 5 + 7 * k, 9 - 2 * k, 6) for k in range(n)])
+    trunk = box(C - 2, C + 2, C - 2, C + 2, 0, 4) | box(C - 0.5, C + 0.5, C - 0.5, C + 0.5, 5, 5 + 7 * (n - 1))
+    b.add("trunk", b.colour("brown", "beige"), "a short block with a pole up through the tiers", trunk)
+    slot = box(C - 0.5, C + 0.5, 0, C - 1.5, 0, 31)  # in front of the pole, which shows through every tier
+    b.add("cone tier", b.colour("green", "teal", "white"), "stacked and shrinking around the trunk",
+          *[cone(C, C, 5 + 7 * k, 9 - 2 * k, 6) & ~trunk & ~slot for k in range(n)])
     return b.finish("lowpoly_tree", "stylized", "pine tree", seed, style="low-poly")
 
 
@@ -593,7 +599,7 @@ def toy_robot(rng: np.random.Generator, seed: int) -> WorldSample:
           box(C - 4, C - 2, C - 2, C + 2, 0, 8), box(C + 2, C + 4, C - 2, C + 2, 0, 8))
     b.add("torso", b.colour(*BRIGHT), "a box on the legs", box(C - 5, C + 5, C - 3, C + 3, 9, 18))
     b.add("arm", b.colour(*METAL, *BRIGHT), "hanging at the sides",
-          box(C - 8, C - 7, C - 1, C + 1, 10, 17), box(C + 7, C + 8, C - 1, C + 1, 10, 17))
+          box(C - 7, C - 6, C - 1, C + 1, 10, 17), box(C + 6, C + 7, C - 1, C + 1, 10, 17))
     b.add("head", b.colour(*METAL, *BRIGHT), "a cube on the torso", box(C - 3, C + 3, C - 3, C + 3, 19, 24))
     b.add("eye", b.colour("red", "yellow", "blue", "green"), "on the face",
           box(C - 2, C - 1, C - 4, C - 4, 22, 22), box(C + 1, C + 2, C - 4, C - 4, 22, 22))
@@ -637,12 +643,12 @@ def toy_train(rng: np.random.Generator, seed: int) -> WorldSample:
 def toy_duck(rng: np.random.Generator, seed: int) -> WorldSample:
     b = Builder(rng)
     b.add("wheel", b.colour("black", "red", "blue"), "at the four corners",
-          *[cylinder(x, 2, 2.3, y - 0.5, y + 0.5, axis="y") for x in (C - 5, C + 5) for y in (C - 5, C + 5)])
-    b.add("body", b.colour("yellow", "white", "orange"), "a fat oval", ellipsoid(C, C, 9, 8, 5, 5))
-    b.add("head", b.colour("yellow", "white", "orange"), "on top at the front", ellipsoid(C + 5, C, 17, 3.5, 3.5, 3.5))
-    b.add("beak", b.colour("orange", "red"), "flat and forward", box(C + 8, C + 11, C - 1, C + 1, 16, 17))
+          *[cylinder(x, 2, 2.3, y - 0.5, y + 0.5, axis="y") for x in (C - 5, C + 5) for y in (C - 2.5, C + 2.5)])
+    b.add("body", b.colour("yellow", "white", "orange"), "a fat oval", ellipsoid(C, C, 8, 8, 5, 5))
+    b.add("head", b.colour("yellow", "white", "orange"), "on top at the front", ellipsoid(C + 5, C, 16, 3.5, 3.5, 3.5))
+    b.add("beak", b.colour("orange", "red"), "flat and forward", box(C + 8, C + 11, C - 1, C + 1, 15, 16))
     b.add("eye", b.colour("black", "blue"), "on both sides of the head",
-          box(C + 6, C + 6, C - 3.5, C - 3.5, 18, 18), box(C + 6, C + 6, C + 3.5, C + 3.5, 18, 18))
+          box(C + 6, C + 6, C - 3.5, C - 3.5, 17, 17), box(C + 6, C + 6, C + 3.5, C + 3.5, 17, 17))
     return b.finish("toy_duck", "stylized", "duck on wheels", seed, style="toy")
 
 
@@ -694,5 +700,5 @@ def abstract_totem(rng: np.random.Generator, seed: int) -> WorldSample:
                                                                 for k in range(n)])
     b.add("spacer", b.colour("black", "white", "grey"), "a thin disc between blocks",
           *[cylinder(C, C, 2.5, 6 * k + 4, 6 * k + 5) for k in range(n)])
-    b.add("sphere", b.colour("gold", *BRIGHT), "crowning the stack", ellipsoid(C, C, 6 * n + 3, 3, 3, 3))
+    b.add("sphere", b.colour("gold", *BRIGHT), "crowning the stack", ellipsoid(C, C, 6 * n + 2, 3, 3, 3))
     return b.finish("abstract_totem", "stylized", "totem", seed, style="abstract")
