@@ -139,8 +139,9 @@ class Trainer:
         if dist_info.world > 1:
             self.ddp = torch.nn.parallel.DistributedDataParallel(self.model, broadcast_buffers=False)
         self.opt = torch.optim.AdamW(self.model.parameters(), cfg.learning_rate, weight_decay=cfg.weight_decay)
-        self.rewards1 = step1_rewards() if cfg.step1_reward and cfg.paradigm == "hi-grpo" else None
-        self.rewards2 = step2_rewards()
+        rewards = cfg.reward_config()
+        self.rewards1 = step1_rewards(rewards) if cfg.step1_reward and cfg.paradigm == "hi-grpo" else None
+        self.rewards2 = step2_rewards(rewards)
         self.stream = PromptStream(seed, cfg.prompt_pool)
         self.step, self.pos, self.seconds_before = 0, 0, 0.0
         rows: list[dict] = []
