@@ -1,9 +1,19 @@
 """Seeds and ablations of Hi-GRPO run side by side on the GPUs of one machine, then evaluated and tabulated.
 
+    python -m reference_policy.rl.experiments calibrate --out DIR [--device cuda:0] [--lrs 2e-5 5e-5 1e-4]
+        [--minutes 2.5] [--budget-minutes 12] [--concurrency 27] [--devices-total 2]
     python -m reference_policy.rl.experiments run --out DIR [--devices cuda:0,cuda:1] [--group main|ablations|all]
-        [--seeds 0 1 2] [--steps N] [--ablation-steps M] [--max-minutes T] [--wait-minutes W]
+        [--seeds 0 1 2] [--steps N | --from-calibration] [--ablation-steps M] [--max-minutes T] [--wait-minutes W]
     python -m reference_policy.rl.experiments evaluate --out DIR [--devices ...] [--n 256] [--parallel K]
     python -m reference_policy.rl.experiments table --out DIR
+
+``calibrate`` chooses the learning rate and the step budget before the real runs, by a rule fixed in advance: it
+trains the main setting once per candidate learning rate (seeds 100, 101, ..., not the seeds of the real runs),
+all at once on one device for ``--minutes``, then takes the rate with the highest mean step-2 reward over the last
+third of its steps among those whose mean KL there stays below :data:`KL_LIMIT`, and the number of steps that fits
+``--budget-minutes`` when ``--concurrency`` runs share ``--devices-total`` devices (the measured seconds per step
+scaled by the ratio of runs per device, a conservative bound when a device is the bottleneck). It writes
+``DIR/calibration.json``; ``run --from-calibration`` uses both numbers.
 
 ``run`` starts one ``python -m reference_policy.rl.train`` process per (setting, seed) in ``DIR/runs/<setting>-s<seed>``
 (each in a session of its own, so it outlives the launching command; the GPUs are shared round-robin), then waits
@@ -142,9 +152,56 @@ def evaluate_folder(checkpoint: Path, target: Path, device: str, n: int) -> None
     subprocess.run(argv, check=True, stdout=subprocess.DEVNULL, env={**os.environ, "OMP_NUM_THREADS": "1"})
 
 
+#: Calibration rejects a learning rate whose mean k3 KL to the starting policy, over the last third of its steps,
+#: exceeds this.
+KL_LIMIT = 0.05
+
+
+def _log_rows(folder: Path) -> list[dict[str, Any]]:
+    path = folder / "log.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+
+
+def cmd_calibrate(a: argparse.Namespace) -> None:
+    out = Path(a.out).resolve()
+    folders = []
+    for i, lr in enumerate(a.lrs):
+        setting = Setting(f"calibration-lr{lr:g}", {"learning-rate": f"{lr:g}"})
+        launch(out, setting, 100 + i, 100_000, a.device, a.minutes, a.init, {})
+        folders.append((lr, run_dir(out, setting.name, 100 + i)))
+    wait([f for _, f in folders], a.minutes + 2)
+    stats = []
+    for lr, folder in folders:
+        rows = _log_rows(folder)
+        tail = rows[len(rows) * 2 // 3:] or rows
+        stats.append({"learning_rate": lr, "steps": len(rows),
+                      # log rows carry the run's elapsed seconds: per step is their difference
+                      "seconds_per_step": float(np.median(np.diff([r["seconds"] for r in rows]))) if len(rows) > 2
+                      else None,
+                      "r2_first": float(np.mean([r["r2"] for r in rows[:3]])) if rows else None,
+                      "r2_last_third": float(np.mean([r["r2"] for r in tail])) if tail else None,
+                      "kl_last_third": float(np.mean([r["kl"] for r in tail])) if tail else None})
+    ok = [s for s in stats if s["r2_last_third"] is not None and (s["kl_last_third"] or 0) < KL_LIMIT]
+    if not ok:
+        raise SystemExit(f"no learning rate trained within the KL limit: {stats}")
+    best = max(ok, key=lambda s: (round(s["r2_last_third"], 3), -s["learning_rate"]))
+    per_step = float(np.median([s["seconds_per_step"] for s in stats if s["seconds_per_step"]]))
+    scale = max(1.0, (a.concurrency / a.devices_total) / len(a.lrs))
+    steps = int(60 * a.budget_minutes / (per_step * scale))
+    result = {"learning_rate": best["learning_rate"], "steps": steps, "seconds_per_step_at_calibration": per_step,
+              "runs_per_device_at_calibration": len(a.lrs), "scale": scale, "kl_limit": KL_LIMIT,
+              "candidates": stats}
+    (out / "calibration.json").write_text(json.dumps(result, indent=1))
+    print(json.dumps(result, indent=1))
+
+
 def cmd_run(a: argparse.Namespace) -> None:
     out, devices = Path(a.out).resolve(), a.devices.split(",")
     extra = dict(kv.split("=", 1) for kv in a.set or [])
+    if a.from_calibration:
+        cal = json.loads((out / "calibration.json").read_text())
+        extra.setdefault("learning-rate", f"{cal['learning_rate']:g}")
+        a.steps = a.ablation_steps = cal["steps"]
     runs = plan(a.group, a.seeds, a.steps, a.ablation_steps)
     folders = []
     for i, (setting, seed, steps) in enumerate(runs):
@@ -162,7 +219,8 @@ def cmd_evaluate(a: argparse.Namespace) -> None:
 
     out, devices = Path(a.out).resolve(), a.devices.split(",")
     jobs = [(Path(a.init or CHECKPOINT), out / "sft_eval.json")]
-    jobs += [(f, f / "eval.json") for f in sorted((out / "runs").glob("*")) if (f / "summary.json").exists()]
+    jobs += [(f, f / "eval.json") for f in sorted((out / "runs").glob("*"))
+             if (f / "summary.json").exists() and not f.name.startswith("calibration-")]
     jobs = [(c, t) for c, t in jobs if not t.exists()]
     with ThreadPoolExecutor(a.parallel) as pool:
         list(pool.map(lambda ij: evaluate_folder(ij[1][0], ij[1][1], devices[ij[0] % len(devices)], a.n),
@@ -190,7 +248,7 @@ def collect(out: Path) -> dict[str, Any]:
     """Per setting: seeds, steps, final rewards and evaluation metrics (mean, std over seeds)."""
     by_setting: dict[str, list[dict[str, Any]]] = {}
     for folder in sorted((out / "runs").glob("*-s*")):
-        if not ((folder / "summary.json").exists() and (folder / "eval.json").exists()):
+        if folder.name.startswith("calibration-") or not ((folder / "summary.json").exists() and (folder / "eval.json").exists()):
             continue
         setting, _, seed = folder.name.rpartition("-s")
         summary = json.loads((folder / "summary.json").read_text())
@@ -250,12 +308,23 @@ def cmd_table(a: argparse.Namespace) -> None:
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = ap.add_subparsers(dest="command", required=True)
+    c = sub.add_parser("calibrate", help="choose the learning rate and the steps (see the module docstring)")
+    c.add_argument("--out", required=True)
+    c.add_argument("--device", default="cuda:0")
+    c.add_argument("--lrs", type=float, nargs="+", default=[2e-5, 5e-5, 1e-4, 2e-4])
+    c.add_argument("--minutes", type=float, default=2.5)
+    c.add_argument("--budget-minutes", type=float, default=12.0, help="wall clock the real runs may take")
+    c.add_argument("--concurrency", type=int, default=27, help="runs that will share the devices")
+    c.add_argument("--devices-total", type=int, default=2)
+    c.add_argument("--init", help="starting checkpoint (default: the bundled SFT one)")
     r = sub.add_parser("run", help="start or resume the runs, then wait for them")
     r.add_argument("--out", required=True)
     r.add_argument("--devices", default="cuda:0", help="comma-separated torch devices, used round-robin")
     r.add_argument("--group", choices=("main", "ablations", "all"), default="all")
     r.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     r.add_argument("--steps", type=int, default=200, help="steps of the main setting")
+    r.add_argument("--from-calibration", action="store_true",
+                   help="learning rate and steps (of every setting) from DIR/calibration.json")
     r.add_argument("--ablation-steps", type=int, default=100, help="steps of every ablation setting")
     r.add_argument("--max-minutes", type=float, help="safety stop of each run (wall clock)")
     r.add_argument("--wait-minutes", type=float, default=9.0, help="how long this command waits for the runs")
@@ -270,7 +339,7 @@ def main(argv: list[str] | None = None) -> None:
     t = sub.add_parser("table", help="write results.json and results.md")
     t.add_argument("--out", required=True)
     a = ap.parse_args(argv)
-    {"run": cmd_run, "evaluate": cmd_evaluate, "table": cmd_table}[a.command](a)
+    {"calibrate": cmd_calibrate, "run": cmd_run, "evaluate": cmd_evaluate, "table": cmd_table}[a.command](a)
 
 
 if __name__ == "__main__":
