@@ -23,7 +23,8 @@ from pathlib import Path
 import torch
 
 from reference_policy.policy import ReferencePolicy
-from reference_policy.rl.train import CHECKPOINT, HiGRPOConfig, Trainer
+from reference_policy.bundled import SFT
+from reference_policy.rl.train import HiGRPOConfig, Trainer
 from reference_policy.world import generate
 
 
@@ -65,7 +66,7 @@ def bench_step(checkpoint: Path, prompts: int, generations: int, steps: int, dev
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("what", choices=["rollout", "step"])
-    ap.add_argument("--checkpoint", default=str(CHECKPOINT))
+    ap.add_argument("--checkpoint", default=str(SFT))
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--batch", type=int, nargs="+", default=[64, 128])
     ap.add_argument("--prompts", type=int, default=8)

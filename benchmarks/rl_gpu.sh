@@ -2,6 +2,8 @@
 # Hi-GRPO runs on a GPU machine: the commands behind the model card's RL numbers (data_cards/reference_policy.md).
 #
 #   bash benchmarks/rl_gpu.sh sanity OUT    2 steps on one GPU, then 2 steps on two GPUs (torchrun, NCCL)
+#   bash benchmarks/rl_gpu.sh main OUT      3 seeds of Hi-GRPO at each learning rate of LRS, all at once on one GPU,
+#                                           for MINUTES each; then evaluate them and the SFT checkpoint, tabulate
 #   bash benchmarks/rl_gpu.sh launch OUT    calibrate (learning rate, steps), then start every seed and ablation
 #   bash benchmarks/rl_gpu.sh finish OUT    wait for the runs, evaluate them and the SFT checkpoint, tabulate
 #   bash benchmarks/rl_gpu.sh ddp OUT       data-parallel throughput and reward curve: 1 GPU vs 2 GPUs
@@ -20,8 +22,25 @@ case $stage in
     python3 -m torch.distributed.run --standalone --nproc_per_node 2 -m reference_policy.rl.train \
       --out "$out/sanity2" --device cuda --steps 2 "${common[@]}"
     ;;
+  main)
+    # rollouts at the evaluation temperature (0.7); 1 + 3 updates: see the model card for why the rates are this low
+    for lr in ${LRS:-3e-6 1e-5}; do
+      $exp run --out "$out/lr$lr" --devices "${GPUS:-cuda:0}" --group main --seeds 0 1 2 --steps 400 \
+        --max-minutes "${MINUTES:-5}" --wait-minutes 0 --set save-dtype=bfloat16 temperature=0.7 learning-rate=$lr
+    done
+    for lr in ${LRS:-3e-6 1e-5}; do
+      $exp run --out "$out/lr$lr" --devices "${GPUS:-cuda:0}" --group main --seeds 0 1 2 --steps 400 \
+        --max-minutes "${MINUTES:-5}" --wait-minutes "$wait_minutes" --set save-dtype=bfloat16 temperature=0.7 \
+        learning-rate=$lr
+    done
+    for lr in ${LRS:-3e-6 1e-5}; do
+      $exp evaluate --out "$out/lr$lr" --devices "${GPUS:-cuda:0}" --n 256 --parallel 4 &
+    done
+    wait
+    for lr in ${LRS:-3e-6 1e-5}; do $exp table --out "$out/lr$lr"; done
+    ;;
   launch)
-    [ -f "$out/calibration.json" ] || $exp calibrate --out "$out" --device cuda:0 --lrs 2e-5 5e-5 1e-4 2e-4 \
+    [ -f "$out/calibration.json" ] || $exp calibrate --out "$out" --device cuda:0 --lrs 1e-6 3e-6 1e-5 3e-5 \
       --minutes "${CAL_MINUTES:-2.5}" --budget-minutes "${BUDGET:-9}" --concurrency 27 --devices-total 2
     $exp run --out "$out" --devices "$gpus" --group all --seeds 0 1 2 --from-calibration --max-minutes 14 \
       --wait-minutes "$wait_minutes" --set save-dtype=bfloat16

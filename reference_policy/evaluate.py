@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from reference_policy.policy import ReferencePolicy
+from reference_policy.trainutil import device_arg
 from reference_policy.verifiers import accuracy
 from reference_policy.world import Split, generate
 
@@ -57,7 +58,7 @@ def evaluate_split(policy: ReferencePolicy, split: Split, n: int, seed: int = 12
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--checkpoint", required=True)
-    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--device", default="cpu", type=device_arg)
     ap.add_argument("--n", type=int, default=256)
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--temperature", type=float, default=TEMPERATURE)

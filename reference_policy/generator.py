@@ -5,9 +5,9 @@ request, the sampling settings of :mod:`reference_policy.evaluate`), the step-2 
 VQ-VAE, then :func:`surface_mesh` (marching cubes with vertex colours) written as ``mesh.glb``. The GLB is y-up
 as glTF prescribes (grid z-up turned with (x, y, z) -> (x, z, -y)), so results declare ``up_axis = "+y"``.
 
-The checkpoint is the one committed in ``reference_policy/checkpoint`` (made by ``python -m
-reference_policy.pretrain``; see ``data_cards/reference_policy.md``); ``checkpoint=DIR`` loads another folder of
-the same layout. It runs on the CPU by default and downloads nothing.
+The checkpoint is the Hi-GRPO one committed in ``reference_policy/checkpoints/hi-grpo``; ``checkpoint=sft`` loads the
+supervised one it started from, ``checkpoint=DIR`` another folder of the same layout (:mod:`reference_policy.bundled`;
+model card ``data_cards/reference_policy.md``). It runs on the CPU by default and downloads nothing.
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ from __future__ import annotations
 import time
 import traceback
 from collections.abc import Sequence
-from pathlib import Path
 
 import numpy as np
 import trimesh
@@ -24,13 +23,13 @@ from scipy.spatial import cKDTree
 from mme3dr.adapters.base import GenerationRequest, GenerationResult, Generator, check_device
 from mme3dr.errors import InputError
 from mme3dr.metrics.weights import MissingWeightsError
+from reference_policy import bundled
 from reference_policy.evaluate import TEMPERATURE, TOP_K
 from reference_policy.policy import ReferencePolicy, Rollout
 from reference_policy.released import Z_UP_TO_Y_UP
 from reference_policy.shapellm_vqvae import occupancy_to_mesh
 from reference_policy.world.grid import PALETTE
 
-CHECKPOINT = Path(__file__).parent / "checkpoint"
 _RGBA = np.array([(0, 0, 0, 255), *((*rgb, 255) for rgb in PALETTE.values())], dtype=np.uint8)
 
 
@@ -52,7 +51,7 @@ def surface_mesh(grid: np.ndarray) -> trimesh.Trimesh:
 class ReferenceGenerator(Generator):
     """The bundled reference policy: text -> plan -> 3D tokens -> coloured mesh, on the CPU with no downloads.
 
-    Options: ``checkpoint`` (a folder of the same layout), ``device``, ``temperature``, ``top_k`` and
+    Options: ``checkpoint`` (``hi-grpo``, the default; ``sft``; or a folder of the same layout), ``device``, ``temperature``, ``top_k`` and
     ``batch_size`` (prompts decoded together); see the module docstring.
     """
 
@@ -65,7 +64,7 @@ class ReferenceGenerator(Generator):
         if top_k < 0 or batch_size < 1:
             raise InputError(f"reference model: top_k must be >= 0 (0 = no truncation) and batch_size >= 1, got "
                              f"top_k={top_k}, batch_size={batch_size}")
-        self.checkpoint = Path(checkpoint).expanduser() if checkpoint else CHECKPOINT
+        self.checkpoint = bundled.resolve(checkpoint)
         self.device = check_device(device)
         self.temperature, self.top_k, self.batch_size = temperature, top_k, batch_size
         self._policy: ReferencePolicy | None = None
@@ -74,8 +73,9 @@ class ReferenceGenerator(Generator):
         """A folder without a checkpoint raises :class:`MissingWeightsError` saying how to provide one."""
         if not (self.checkpoint / "policy.json").is_file():
             raise MissingWeightsError(
-                f"no reference-policy checkpoint in {self.checkpoint} (policy.json missing). The bundled one lives "
-                f"in reference_policy/checkpoint of the source tree; reinstall mme3dr from a full checkout, or "
+                f"no reference-policy checkpoint in {self.checkpoint} (policy.json missing). The bundled ones "
+                f"({', '.join(bundled.CHECKPOINTS)}) live in reference_policy/checkpoints of the source tree; "
+                f"reinstall mme3dr from a full checkout, or "
                 f"train one with `python -m reference_policy.pretrain --out DIR --device cuda` and pass "
                 f"--model-arg checkpoint=DIR.")
 

@@ -38,7 +38,7 @@ import torch
 
 from reference_policy.policy import MAX_PROMPT, ReferencePolicy, detail_plan
 from reference_policy.tokenizer import PAD, UNK, TextTokenizer
-from reference_policy.trainutil import Panel, RunLog, plot_curves, seed_all
+from reference_policy.trainutil import Panel, RunLog, device_arg, plot_curves, seed_all
 from reference_policy.vqvae import ColourVQVAE, VQConfig, colour_accuracy, reconstruction_iou
 from reference_policy.world import WorldSample, generate
 
@@ -257,7 +257,7 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", required=True)
     ap.add_argument("--smoke", action="store_true")
-    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--device", default="cpu", type=device_arg)
     ap.add_argument("--workers", type=int, default=1, help="processes drawing the world data")
     ap.add_argument("--steps", type=int, help="policy steps")
     ap.add_argument("--vq-steps", type=int)

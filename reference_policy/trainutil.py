@@ -18,6 +18,20 @@ import numpy as np
 import torch
 
 
+def device_arg(value: str) -> str:
+    """argparse ``type`` of ``--device``: the device if torch can use it here, so that ``--device cuda`` on a machine
+    without a GPU stops with one line naming the option, before any model is built."""
+    import argparse
+
+    from mme3dr.adapters.base import check_device
+    from mme3dr.errors import InputError
+
+    try:
+        return check_device(value)
+    except InputError as exc:
+        raise argparse.ArgumentTypeError(str(exc).replace("use device=cpu", "use --device cpu")) from None
+
+
 def seed_all(seed: int, device: str | torch.device) -> None:
     """Seed Python, NumPy and torch; deterministic kernels on the CPU only (on CUDA they make the 3D convolutions of
     the VQ-VAE several times slower, so a GPU run is seeded but not bitwise reproducible; TF32 and cuDNN autotuning

@@ -5,7 +5,6 @@ import csv
 import io
 import json
 import os
-import signal
 import subprocess
 import sys
 import textwrap
@@ -22,7 +21,6 @@ from mme3dr.cli import app
 from mme3dr.data import load_benchmark
 from mme3dr.evaluate import evaluate
 from mme3dr.render.presets import get_preset
-from mme3dr.report import build_report
 from mme3dr.runlock import RunLockedError, run_lock
 
 PRESET = get_preset("canonical").with_overrides(resolution=48, n_views=4)

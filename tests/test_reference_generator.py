@@ -16,7 +16,8 @@ from mme3dr.assets import load_asset
 from mme3dr.cli import app
 from mme3dr.metrics.weights import MissingWeightsError
 from reference_policy.evaluate import evaluate_split
-from reference_policy.generator import CHECKPOINT, ReferenceGenerator, surface_mesh
+from reference_policy import bundled
+from reference_policy.generator import ReferenceGenerator, surface_mesh
 from reference_policy.policy import ReferencePolicy
 from reference_policy.pretrain import SMOKE, Sequences, pretrain
 from reference_policy.tokenizer import BOS, PAD, PLAN, UNK
@@ -32,14 +33,31 @@ def smoke_checkpoint(tmp_path_factory):
     return folder
 
 
-def test_bundled_checkpoint_is_complete_and_small():
-    files = [p for p in CHECKPOINT.rglob("*") if p.is_file()]
+def test_bundled_checkpoints_are_complete_and_small():
+    """Both bundled checkpoints together stay within 60 MB; each was trained to the end of its budget."""
+    files = [p for p in bundled.ROOT.rglob("*") if p.is_file()]
     assert sum(p.stat().st_size for p in files) <= 60 * 2 ** 20
-    names = {p.relative_to(CHECKPOINT).as_posix() for p in files}
-    assert {"model/model.safetensors", "vqvae/vqvae.safetensors", "tokenizer/tokenizer.json", "policy.json",
-            "log.jsonl", "loss_curves.png", "metrics.json"} <= names
-    metrics = json.loads((CHECKPOINT / "metrics.json").read_text())
+    weights = {"model/model.safetensors", "vqvae/vqvae.safetensors", "tokenizer/tokenizer.json", "policy.json"}
+    sft, rl = bundled.CHECKPOINTS["sft"], bundled.CHECKPOINTS["hi-grpo"]
+    names = {p.relative_to(sft).as_posix() for p in sft.rglob("*") if p.is_file()}
+    assert weights | {"log.jsonl", "loss_curves.png", "metrics.json"} <= names
+    metrics = json.loads((sft / "metrics.json").read_text())
     assert metrics["policy_steps"] == metrics["config"]["steps"]  # trained to the end, not stopped early
+    names = {p.relative_to(rl).as_posix() for p in rl.rglob("*") if p.is_file()}
+    assert weights | {"log.jsonl", "curves.png", "summary.json", "eval_gpu.json"} <= names
+    summary = json.loads((rl / "summary.json").read_text())
+    assert summary["steps"] == summary["config"]["steps"] and summary["stopped_early"] is None
+
+
+def test_the_default_checkpoint_is_hi_grpo_and_sft_stays_available():
+    assert ReferenceGenerator().checkpoint == bundled.CHECKPOINTS["hi-grpo"]
+    assert ReferenceGenerator(checkpoint="sft").checkpoint == bundled.CHECKPOINTS["sft"]
+    sft = ReferenceGenerator(checkpoint="sft").load().model
+    rl = ReferenceGenerator().load().model
+    assert sft.num_parameters() == rl.num_parameters()
+    # RL moved the weights (stored in bfloat16, loaded as float32), by little
+    diffs = [(a - b).abs().max().item() for a, b in zip(sft.parameters(), rl.parameters())]
+    assert 0 < max(diffs) < 0.1
 
 
 def test_cli_generate_with_the_bundled_checkpoint(tmp_path):

@@ -99,6 +99,12 @@ def test_k3_kl_is_zero_for_equal_policies_and_positive_otherwise() -> None:
     # pi_ref / pi - log(pi_ref / pi) - 1 by hand: 2 - ln 2 - 1, 0.5 - ln 0.5 - 1, 0
     assert torch.allclose(k3, torch.tensor([1 - math.log(2), math.log(2) - 0.5, 0.0]), atol=1e-6)
     assert (k3[:2] > 0).all()
+    # a token 20 nats less likely than under the reference: exp(20) - 21 ~ 4.9e8, clamped to KL_CLAMP (gradient 0)
+    far = torch.tensor([-25.0], requires_grad=True)
+    clamped = algos.kl_k3(far, torch.tensor([-5.0]))
+    assert clamped.item() == algos.KL_CLAMP
+    clamped.sum().backward()
+    assert far.grad.item() == 0.0
     # beta > 0 adds beta * k3 to every loss token; zero advantage leaves only that term
     mask = torch.ones(1, 3, dtype=torch.bool)
     out = algos.policy_loss(logp[None], logp[None], torch.zeros(1), mask, ref_logp=ref[None], beta=0.5)

@@ -256,7 +256,7 @@ def test_surface_mesh_vertices_take_the_colour_of_their_own_voxel():
 
 def test_spec_carries_the_ground_truth_facts():
     """Independent reference: the facts recomputed from the grid with plain numpy (argwhere, histogramdd)."""
-    from reference_policy.world.sample import LAYOUT_BINS, LAYOUT_TRIM, extent_of, layouts
+    from reference_policy.world.sample import LAYOUT_BINS, LAYOUT_TRIM, extent_of
 
     for name in ("table", "spider", "cartoon_house"):
         s = sample(name, 2)

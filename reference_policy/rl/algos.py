@@ -162,11 +162,17 @@ def ppo_clip_loss(ratio: torch.Tensor, advantages: torch.Tensor, epsilon: float 
     return ClippedLoss(loss, (ratio < 1 - epsilon) & (adv < 0), (ratio > 1 + eps_high) & (adv > 0))
 
 
-def kl_k3(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
+#: Upper bound of the per-token k3 value (verl's ``low_var_kl`` clamps it to [-10, 10] the same way).
+KL_CLAMP = 10.0
+
+
+def kl_k3(logp: torch.Tensor, ref_logp: torch.Tensor, clamp: float = KL_CLAMP) -> torch.Tensor:
     """k3 estimator of ``KL(pi || pi_ref)`` per token: with ``d = ref_logp - logp``,
-    ``k3 = exp(d) - d - 1 = pi_ref/pi - log(pi_ref/pi) - 1`` (>= 0, 0 exactly when the log-probs are equal)."""
+    ``k3 = min(exp(d) - d - 1, clamp) = min(pi_ref/pi - log(pi_ref/pi) - 1, clamp)`` (>= 0, 0 exactly when the
+    log-probs are equal). The clamp bounds a token whose probability fell far below the reference's: ``exp(d)``
+    would otherwise reach 1e7 and its gradient would swamp the batch (seen at a learning rate of 1e-4)."""
     d = ref_logp - logp
-    return torch.exp(d) - d - 1
+    return (torch.exp(d) - d - 1).clamp(max=clamp)
 
 
 def aggregate(loss: torch.Tensor, mask: torch.Tensor, mode: LossAggMode = "token-mean",

@@ -1,6 +1,6 @@
 """Seeds and ablations of Hi-GRPO run side by side on the GPUs of one machine, then evaluated and tabulated.
 
-    python -m reference_policy.rl.experiments calibrate --out DIR [--device cuda:0] [--lrs 2e-5 5e-5 1e-4]
+    python -m reference_policy.rl.experiments calibrate --out DIR [--device cuda:0] [--lrs 1e-6 3e-6 1e-5]
         [--minutes 2.5] [--budget-minutes 12] [--concurrency 27] [--devices-total 2]
     python -m reference_policy.rl.experiments run --out DIR [--devices cuda:0,cuda:1] [--group main|ablations|all]
         [--seeds 0 1 2] [--steps N | --from-calibration] [--ablation-steps M] [--max-minutes T] [--wait-minutes W]
@@ -215,10 +215,10 @@ def cmd_run(a: argparse.Namespace) -> None:
 def cmd_evaluate(a: argparse.Namespace) -> None:
     from concurrent.futures import ThreadPoolExecutor
 
-    from reference_policy.rl.train import CHECKPOINT
+    from reference_policy.bundled import SFT
 
     out, devices = Path(a.out).resolve(), a.devices.split(",")
-    jobs = [(Path(a.init or CHECKPOINT), out / "sft_eval.json")]
+    jobs = [(Path(a.init or SFT), out / "sft_eval.json")]
     jobs += [(f, f / "eval.json") for f in sorted((out / "runs").glob("*"))
              if (f / "summary.json").exists() and not f.name.startswith("calibration-")]
     jobs = [(c, t) for c, t in jobs if not t.exists()]
@@ -311,7 +311,7 @@ def main(argv: list[str] | None = None) -> None:
     c = sub.add_parser("calibrate", help="choose the learning rate and the steps (see the module docstring)")
     c.add_argument("--out", required=True)
     c.add_argument("--device", default="cuda:0")
-    c.add_argument("--lrs", type=float, nargs="+", default=[2e-5, 5e-5, 1e-4, 2e-4])
+    c.add_argument("--lrs", type=float, nargs="+", default=[1e-6, 3e-6, 1e-5, 3e-5])
     c.add_argument("--minutes", type=float, default=2.5)
     c.add_argument("--budget-minutes", type=float, default=12.0, help="wall clock the real runs may take")
     c.add_argument("--concurrency", type=int, default=27, help="runs that will share the devices")

@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from reference_policy.rl.rewards import RewardEnsemble, step1_rewards, step2_rewards
+from reference_policy.trainutil import device_arg
 from reference_policy.world import GRID, WorldSample, generate, index_of, sample
 from reference_policy.world.grid import CENTRE
 
@@ -197,7 +198,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--seed", type=int, default=77)
     ap.add_argument("--rollouts", type=int, default=0)
     ap.add_argument("--groups", type=int, default=0)
-    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--device", default="cpu", type=device_arg)
     ap.add_argument("--out", help="write the JSON here too")
     a = ap.parse_args(argv)
     from reference_policy.policy import ReferencePolicy

@@ -10,8 +10,9 @@ One step (``P = prompts_per_step``, ``G = num_generations``, ``C = num_children`
    split over the
    ranks (the G samples of a prompt stay on one rank). Each prompt gets G step-1 samples and each step-1 sample
    C step-2 children, decoded in batches with the static-cache constrained decoding at ``temperature`` and
-   ``top_k`` (defaults 1 and none: the recorded log-probs are then those of the distribution the tokens were
-   drawn from, and they are the old policy of the PPO ratio). Row seeds derive from (seed, stream index, sample),
+   ``top_k`` (defaults 0.7, the evaluation's temperature, and none: the recorded log-probs, of
+   ``logits / temperature``, are then those of the distribution the tokens were drawn from, and they are the old
+   policy of the PPO ratio). Row seeds derive from (seed, stream index, sample),
    so a rollout does not depend on the rank or batch it was decoded in;
 2. rewards (:mod:`reference_policy.rl.rewards`): step 1 scores the coarse grid of a step-1 sample (the VQ-VAE's
    ``decode_coarse``), step 2 the final grid of a child; the groups of all ranks are then gathered on every rank;
@@ -74,10 +75,10 @@ from reference_policy.rl.batch import UpdateBatch, build_update_batch, group_kep
 from reference_policy.rl.config import RESUMABLE_CHANGES, SAVE_DTYPES, SMOKE, HiGRPOConfig
 from reference_policy.rl.rewards import step1_rewards, step2_rewards
 from reference_policy.rl.rollout import Group, PromptStream, derive_seed, rollout_groups
-from reference_policy.trainutil import (Panel, RunLog, atomic_torch_save, atomic_write_text, plot_curves,
+from reference_policy.bundled import SFT
+from reference_policy.trainutil import (Panel, RunLog, atomic_torch_save, device_arg, atomic_write_text, plot_curves,
                                         seed_all)
 
-CHECKPOINT = Path(__file__).resolve().parents[1] / "checkpoint"
 # ----- distributed --------------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Dist:
@@ -395,9 +396,9 @@ def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     ap.add_argument("--out", required=True, help="run folder (resumed when it holds state.pt)")
-    ap.add_argument("--init", help=f"starting checkpoint and KL reference (default {CHECKPOINT}; with --smoke a "
+    ap.add_argument("--init", help=f"starting checkpoint and KL reference (default {SFT}; with --smoke a "
                                    "tiny policy pretrained into OUT/init)")
-    ap.add_argument("--device", default="cpu", help="cpu, cuda or cuda:K")
+    ap.add_argument("--device", default="cpu", type=device_arg, help="cpu, cuda or cuda:K")
     ap.add_argument("--smoke", action="store_true", help="tiny CPU task for CI (SMOKE)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--max-minutes", type=float, help="wall-clock budget of the run (resumed runs included)")
@@ -425,7 +426,7 @@ def main(argv: list[str] | None = None) -> dict:
                 dist.barrier()
             init = out / "init"
         else:
-            init = Path(a.init) if a.init else CHECKPOINT
+            init = Path(a.init) if a.init else SFT
         summary = Trainer(out, cfg, init, device, a.seed, a.max_minutes, info).run()
         if info.main:
             print(json.dumps(summary, indent=1))
