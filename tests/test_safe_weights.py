@@ -200,9 +200,9 @@ def test_shapellm_vqvae_file(tmp_path, sentinel):
 
 
 def test_reference_policy_reads_safetensors_only(tmp_path, sentinel):
+    from reference_policy.bundled import SFT as shipped
     from reference_policy.policy import ReferencePolicy
 
-    shipped = Path(__file__).resolve().parents[1] / "reference_policy" / "checkpoint"
     ckpt = tmp_path / "ckpt"
     shutil.copytree(shipped, ckpt, ignore=shutil.ignore_patterns("*.safetensors"))
     shutil.copy(shipped / "vqvae" / "vqvae.safetensors", ckpt / "vqvae")

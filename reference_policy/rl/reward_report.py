@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
+from reference_policy import bundled
 from reference_policy.rl.rewards import RewardEnsemble, step1_rewards, step2_rewards
 from reference_policy.trainutil import device_arg
 from reference_policy.world import GRID, WorldSample, generate, index_of, sample
@@ -193,7 +194,8 @@ def rollout_stats(policy, samples: list[WorldSample], groups: int, seed: int = 0
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--checkpoint", default=str(Path(__file__).parents[1] / "checkpoint"))
+    ap.add_argument("--checkpoint", default="hi-grpo",
+                    help=f"a bundled checkpoint ({', '.join(bundled.CHECKPOINTS)}) or a folder")
     ap.add_argument("--n", type=int, default=128)
     ap.add_argument("--seed", type=int, default=77)
     ap.add_argument("--rollouts", type=int, default=0)
@@ -203,7 +205,7 @@ def main(argv: list[str] | None = None) -> None:
     a = ap.parse_args(argv)
     from reference_policy.policy import ReferencePolicy
 
-    policy = ReferencePolicy.from_pretrained(a.checkpoint, a.device)
+    policy = ReferencePolicy.from_pretrained(bundled.resolve(a.checkpoint), a.device)
     samples = generate(a.n, "train", a.seed)
     grids = static_grids(samples, policy.vqvae, a.seed)
     start = time.perf_counter()
