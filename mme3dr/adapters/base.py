@@ -19,18 +19,6 @@ from typing import Any
 from mme3dr.defaults import DEFAULTS
 from mme3dr.errors import InputError, stops_every_write
 
-UP_AXES = ("+x", "-x", "+y", "-y", "+z", "-z")
-
-
-def parse_up_axis(axis: str) -> str:
-    """Normalise ``"y"``/``"+Y"``/``"-z"`` to one of :data:`UP_AXES`."""
-    a = axis.strip().lower()
-    a = a if a[:1] in "+-" else "+" + a
-    if a not in UP_AXES:
-        raise InputError(f"up axis {axis!r} is not one of {', '.join(UP_AXES)} (a bare 'y' means '+y')")
-    return a
-
-
 def check_device(device: str) -> str:
     """``device`` if torch can use it here, else ``ValueError`` saying what is available (checked when a generator
     is created, so a bad ``--model-arg device=...`` stops the command once, before any prompt)."""
@@ -83,6 +71,8 @@ class GenerationResult:
     metadata: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        from mme3dr.assets import parse_up_axis  # lazy: mme3dr.assets imports trimesh
+
         self.up_axis = parse_up_axis(self.up_axis)
         if (self.asset_path is None) == (self.error is None):
             raise ValueError("a GenerationResult has exactly one of asset_path and error")
@@ -151,6 +141,8 @@ class Generator(ABC):
 
 class _FunctionGenerator(Generator):
     def __init__(self, fn: Callable[[GenerationRequest], Path | str], up_axis: str) -> None:
+        from mme3dr.assets import parse_up_axis  # lazy: mme3dr.assets imports trimesh
+
         self._fn = fn
         self.up_axis = parse_up_axis(up_axis)
 
