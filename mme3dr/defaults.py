@@ -49,7 +49,7 @@ class Defaults:
     validation_file: str = "validation.jsonl"
     #: Sub-folder of a run that receives generated assets, one folder per prompt id.
     assets_dir: str = "assets"
-    #: Environment variable naming a folder of model weights (see mme3dr.metrics.weights).
+    #: Environment variable naming a folder of model weights (see mme3dr.weights).
     weights_env: str = "MME3DR_WEIGHTS"
     #: Render preset of `render`, `score`, `evaluate` and `references build` when none is named.
     preset: str = "canonical"

@@ -24,7 +24,7 @@ from mme3dr.generation import GenerationSummary, generate_run
 from mme3dr.jsonl import read_jsonl
 from mme3dr.metrics.scoring import (ScoreOptions, ScoreSummary, build_metrics, no_weights_hint, parse_metrics,
                                    score_run)
-from mme3dr.metrics.weights import WeightsCheck
+from mme3dr.weights import WeightsCheck
 from mme3dr.render.presets import RenderPreset, get_preset
 from mme3dr.render.runs import RenderSummary, render_run
 from mme3dr.runinfo import update_run_info
@@ -68,7 +68,7 @@ def evaluate(model: str, out: Path | str, model_args: dict[str, Any] | None = No
 
     Before anything is written (the run folder is not even created), the prompts, the model and its arguments, the
     reference set and every weight are checked; all missing weights (the generator's and every metric's) are named
-    in one :class:`~mme3dr.metrics.weights.MissingWeightsError`.
+    in one :class:`~mme3dr.weights.MissingWeightsError`.
     """
     out = Path(out)
     model_args = coerce_model_args(model, model_args or {})

@@ -119,7 +119,7 @@ def generate_run(generator: Generator, prompts: Sequence[PromptRecord], run_dir:
     """Generate an asset for every prompt into ``run_dir`` and log each outcome.
 
     A generator that raises for a whole batch has that batch recorded as failed; the run goes on. The exception
-    is :class:`~mme3dr.metrics.weights.MissingWeightsError` (its weights are not there): it propagates at once,
+    is :class:`~mme3dr.weights.MissingWeightsError` (its weights are not there): it propagates at once,
     with its advice text, and nothing is recorded, so the same command works once the weights are provided. Prompts already
     in the log are skipped (so a finished run does no work); ``retry_failed`` generates the failed ones again.
 

@@ -35,7 +35,7 @@ from mme3dr.metrics.vlm import (
     judge_views,
 )
 from mme3dr.metrics.vlm_parse import parse_json_answer
-from mme3dr.metrics.weights import MissingWeightsError
+from mme3dr.weights import MissingWeightsError
 from mme3dr.render.cameras import sphere_hammersley, transforms_dict
 from mme3dr.render.presets import RenderPreset, get_preset
 from mme3dr.render.runs import render_run

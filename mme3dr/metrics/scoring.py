@@ -29,7 +29,7 @@ from mme3dr.errors import InputError, MissingInputError
 from mme3dr.generation import GenerationRecord, read_generations
 from mme3dr.jsonl import append_jsonl, atomic_write_text, read_json, read_jsonl, repair_tail, write_jsonl
 from mme3dr.metrics.base import MetricResult, PromptMetric, ScoreItem, composite
-from mme3dr.metrics.weights import WeightsCheck
+from mme3dr.weights import WeightsCheck
 from mme3dr.metrics.set_scores import SET_SCORES_REMEDY, SetMetricRecord, SetScore
 from mme3dr.paths import UnsafePathError, child_path
 from mme3dr.registry import did_you_mean
