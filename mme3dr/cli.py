@@ -405,7 +405,7 @@ def paper(
     """Print the published MME-3DR tables (arXiv 2512.10949), optionally with runs' numbers beside Table 4."""
     import pandas as pd
 
-    from mme3dr.paper import markdown_table, published, run_notes, table4_with_runs
+    from mme3dr.report.paper import markdown_table, published, run_notes, table4_with_runs
 
     if run and table != "4":
         raise InputError("--run compares with Table 4 only")

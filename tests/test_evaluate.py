@@ -240,7 +240,7 @@ def test_paper_prints_table4_and_a_run_beside_it(assets, tmp_path):
     (run / "set_scores.json").write_text(json.dumps({"kid": kid.to_json()}))
     res = CliRunner().invoke(app, ["paper", "--run", str(run), "--name", "mine"])
     assert res.exit_code == 0 and "MME-3DR (this toolkit)" in res.stdout and "d_kd_incep_x100" in res.stdout
-    from mme3dr.paper import table4_with_runs
+    from mme3dr.report.paper import table4_with_runs
 
     t = table4_with_runs([run])
     ar3d = t[(t["benchmark"] == "MME-3DR") & (t["method"] == "AR3D-R1")].iloc[0]
