@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from mme3dr import runfiles
 from mme3dr.adapters import ModelSpec, coerce_model_args, create_generator
 from mme3dr.data import load_benchmark
 from mme3dr.defaults import DEFAULTS
@@ -53,7 +54,7 @@ class EvaluationSummary:
 
 def _metric_configs(run_dir: Path) -> dict[str, Any]:
     configs: dict[str, Any] = {}
-    for r in read_jsonl(run_dir / DEFAULTS.scores_file):
+    for r in read_jsonl(run_dir / runfiles.SCORES):
         configs.setdefault(r["metric"], {"config_hash": r["config_hash"], "config": r.get("config")})
     return configs
 
@@ -101,8 +102,8 @@ def evaluate(model: str, out: Path | str, model_args: dict[str, Any] | None = No
             from mme3dr.report import build_report
 
             t = time.perf_counter()
-            report_dir = build_report([out], out / "report").folder
+            report_dir = build_report([out], out / runfiles.REPORT_DIR).folder
             timings["report"] = time.perf_counter() - t
         update_run_info(out, metric_configs=_metric_configs(out), timings={k: round(v, 3) for k, v in timings.items()},
-                        counts={"prompts": len(bench), "generated_ok": sum(1 for r in read_jsonl(out / DEFAULTS.generations_file) if r["error"] is None)})
+                        counts={"prompts": len(bench), "generated_ok": sum(1 for r in read_jsonl(out / runfiles.GENERATIONS) if r["error"] is None)})
     return EvaluationSummary(gen, ren, sco, report_dir, timings)

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
+from mme3dr import runfiles
 from mme3dr.categories import CATEGORIES
 from mme3dr.data import PACKAGED_SOURCE, ChecklistItem, load_benchmark
 from mme3dr.defaults import DEFAULTS
@@ -36,7 +37,6 @@ from mme3dr.registry import did_you_mean
 from mme3dr.render.output import file_sha256, read_render_record
 from mme3dr.render.presets import RenderPreset
 from mme3dr.render.references import REFERENCE_FILE
-from mme3dr.render.runs import RENDERS_DIR
 from mme3dr.runinfo import read_run_info
 
 #: set metric -> (feature extractor, distance)
@@ -199,7 +199,7 @@ def _items(run_dir: Path, preset: RenderPreset, checklists: bool = True, source:
     each prompt's checklist (:func:`run_checklists`, from ``source`` or the run's own prompt set)."""
     gens = read_generations(run_dir)
     checklists = run_checklists(run_dir, gens, source) if checklists and gens else {}
-    folder = child_path(run_dir, RENDERS_DIR, preset.tag, what="render preset tag")
+    folder = child_path(run_dir, runfiles.RENDERS_DIR, preset.tag, what="render preset tag")
     out, refused = [], {}
     for pid, rec in gens.items():
         asset = rec.resolved_asset(run_dir)
@@ -280,7 +280,7 @@ def score_run(run_dir: Path | str, metrics: Sequence[str], preset: RenderPreset,
     built = built if built is not None else build_metrics(metrics, preset, reference, options)
     ref_folder = _reference_folder(reference, preset) if reference is not None else None
     summary = ScoreSummary()
-    log = run_dir / DEFAULTS.scores_file
+    log = run_dir / runfiles.SCORES
     repair_tail(log)  # a line torn by a crash is dropped (its record is scored again)
     done = {_key(r) for r in read_jsonl(log) if r.get("error") is None}
     for name, metric in built.prompt.items():
@@ -377,7 +377,7 @@ def score_sets(run_dir: Path, items: list[tuple[ScoreItem, dict | None]], ref_fo
 
     (gen_keys, gen_labels), (ref_keys, ref_labels) = views(gen_objs), views(ref_objs)
     out: dict[str, Any] = {}
-    path = run_dir / DEFAULTS.set_scores_file
+    path = run_dir / runfiles.SET_SCORES
     if path.exists():
         out = read_json(path, SET_SCORES_REMEDY)
     feats: dict[str, tuple[str, np.ndarray, np.ndarray]] = {}
@@ -389,8 +389,8 @@ def score_sets(run_dir: Path, items: list[tuple[ScoreItem, dict | None]], ref_fo
         kind, dist = SET_METRICS[name]
         if kind not in feats:
             ext = extractors[kind]
-            gen_feats = FeatureCache(run_dir / RENDERS_DIR / preset.tag / "features", ext).get(gen_keys, load)
-            ref_feats = FeatureCache(ref_folder / "features", ext).get(ref_keys, load)
+            gen_feats = FeatureCache(run_dir / runfiles.RENDERS_DIR / preset.tag / runfiles.FEATURES_DIR, ext).get(gen_keys, load)
+            ref_feats = FeatureCache(ref_folder / runfiles.FEATURES_DIR, ext).get(ref_keys, load)
             width = max(gen_feats.shape[1], ref_feats.shape[1])  # an empty side comes back as (0, 0)
             feats[kind] = (ext.weights_id, gen_feats.reshape(-1, width), ref_feats.reshape(-1, width))
         weights_id, g_all, r_all = feats[kind]

@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from mme3dr.defaults import DEFAULTS
+from mme3dr import runfiles
 from mme3dr.errors import InputError
 from mme3dr.jsonl import read_json
 
@@ -87,7 +87,7 @@ class SetMetricRecord:
 
 def read_set_scores(run_dir: Path | str) -> tuple[dict[str, SetMetricRecord], list[str]]:
     """The run's set-metric records, and one warning per record that could not be read (older format)."""
-    path = Path(run_dir) / DEFAULTS.set_scores_file
+    path = Path(run_dir) / runfiles.SET_SCORES
     raw = read_json(path, SET_SCORES_REMEDY) if path.exists() else {}
     records, problems = {}, []
     for name, d in raw.items():

@@ -60,6 +60,7 @@ import numpy as np
 from PIL import Image
 from scipy.optimize import linear_sum_assignment
 
+from mme3dr import runfiles
 from mme3dr.defaults import DEFAULTS
 from mme3dr.errors import InputError, Mme3drError
 from mme3dr.metrics.base import HIGHER, LOWER, NONE, MetricResult, PromptMetric, ScoreItem, composite
@@ -202,7 +203,7 @@ class VLMJudge(PromptMetric):
     def choose_views(self, item: ScoreItem) -> tuple[list[Path], np.ndarray]:
         """The chosen view files (see :func:`judge_views`) and all the views' camera positions."""
         paths = item.view_paths()
-        transforms = Path(item.render_dir) / "transforms.json"
+        transforms = Path(item.render_dir) / runfiles.TRANSFORMS
         if not transforms.is_file():
             raise ValueError(f"{item.prompt_id}: {transforms} is missing, so the judge cannot tell where the views "
                              f"were taken; delete {item.render_dir} and run `mme3dr render` again")

@@ -39,6 +39,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from mme3dr import runfiles
 from mme3dr.categories import CATEGORIES
 from mme3dr.defaults import DEFAULTS, WORST_VALUES
 from mme3dr.errors import MissingInputError
@@ -83,13 +84,13 @@ def load_run(path: Path | str, name: str | None = None) -> RunData:
     path = Path(path)
     gens = read_generations(path)
     if not gens:
-        raise MissingInputError(f"{path}: no {DEFAULTS.generations_file}; is this a run folder?")
+        raise MissingInputError(f"{path}: no {runfiles.GENERATIONS}; is this a run folder?")
     info = read_run_info(path)
     model = info.get("model", {}).get("name") or next(iter(gens.values())).model.get("name", path.name)
     prompts = pd.DataFrame([{"prompt_id": g.prompt_id, "category": g.category, "prompt": g.prompt,
                              "generated": g.ok} for g in gens.values()])
     rows, directions, details, keys = [], {}, {}, {}
-    for r in read_jsonl(path / DEFAULTS.scores_file):
+    for r in read_jsonl(path / runfiles.SCORES):
         details[(r["prompt_id"], r["metric"])] = {"details": r.get("details", {}), "error": r.get("error"),
                                                    "values": r.get("values", {})}
         directions.update(r.get("directions", {}))
