@@ -30,6 +30,7 @@ from mme3dr.render.presets import RenderPreset, get_preset
 from mme3dr.render.runs import RenderSummary, render_run
 from mme3dr.runinfo import update_run_info
 from mme3dr.runlock import run_lock
+from mme3dr.score_records import read_scores
 
 @dataclass
 class EvaluationSummary:
@@ -54,8 +55,8 @@ class EvaluationSummary:
 
 def _metric_configs(run_dir: Path) -> dict[str, Any]:
     configs: dict[str, Any] = {}
-    for r in read_jsonl(run_dir / runfiles.SCORES):
-        configs.setdefault(r["metric"], {"config_hash": r["config_hash"], "config": r.get("config")})
+    for r in read_scores(run_dir):
+        configs.setdefault(r.metric, {"config_hash": r.config_hash, "config": r.config})
     return configs
 
 

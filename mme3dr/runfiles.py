@@ -14,8 +14,8 @@ A run folder (``--out RUN``) holds, stage by stage (each stage reads only what t
         <prompt_id>/        transforms.json (TRANSFORMS), render.json (RENDER_RECORD) and contact_sheet.png
                               (CONTACT_SHEET) beside the views
         features/           FEATURES_DIR     cached image features (mme3dr.metrics.features)
-      scores.jsonl          SCORES         one row per (prompt, metric) (mme3dr.records)
-      set_scores.json       SET_SCORES     set metrics: KID, FID (mme3dr.records)
+      scores.jsonl          SCORES         one row per (prompt, metric) (mme3dr.score_records)
+      set_scores.json       SET_SCORES     set metrics: KID, FID (mme3dr.score_records)
       report/               REPORT_DIR     the report of `mme3dr evaluate`
 
 User-facing defaults (seed, preset, metrics, ...) live in :mod:`mme3dr.defaults`; these names are not options.

@@ -233,7 +233,7 @@ def test_paper_prints_table4_and_a_run_beside_it(assets, tmp_path):
     folder, _ = assets
     run = tmp_path / "RUN"
     evaluate("folder", run, {"root": str(folder)}, ["geometry"], limit=2, preset=PRESET, report=False, progress=False)
-    from mme3dr.metrics.set_scores import SetMetricRecord, SetScore
+    from mme3dr.score_records import SetMetricRecord, SetScore
 
     kid = SetMetricRecord("kid", "inception", "h", "REF", SetScore("all", 2, 48, 40, 960, value=0.0005, se=0.0001,
                                                                  ci_low=0.0003, ci_high=0.0007, paper_value=0.002))

@@ -10,8 +10,7 @@ from mme3dr.metrics.base import MetricResult, PromptMetric, ScoreItem
 from mme3dr.metrics.fidelity import (FIDEstimate, KIDEstimate, fid_by_object, fid_from_features, kid_by_object,
                                      kid_from_features)
 from mme3dr.metrics.scoring import PROMPT_METRICS, SET_METRICS, ScoreOptions, score_run
-from mme3dr.metrics.set_scores import SetMetricRecord, SetScore, read_set_scores
 
 __all__ = ["PROMPT_METRICS", "SET_METRICS", "FIDEstimate", "KIDEstimate", "MetricResult",
-           "PromptMetric", "ScoreItem", "ScoreOptions", "SetMetricRecord", "SetScore", "fid_by_object",
-           "fid_from_features", "kid_by_object", "kid_from_features", "read_set_scores", "score_run"]
+           "PromptMetric", "ScoreItem", "ScoreOptions", "fid_by_object",
+           "fid_from_features", "kid_by_object", "kid_from_features", "score_run"]

@@ -4,14 +4,13 @@ Per-prompt metrics write one record per (prompt, metric) to ``RUN/scores.jsonl``
 prompt is scored; re-running skips records whose metric config hash, render preset hash and asset sha256 are
 unchanged). Set metrics (KID/FID on Inception or DINOv2 features) compare the run's renders with a reference set
 rendered with the same preset, overall and per category, and go to ``RUN/set_scores.json`` as typed records
-(:mod:`mme3dr.metrics.set_scores`): the object-aware KID with its bootstrap interval and the FID at a fixed number
+(:mod:`mme3dr.score_records`): the object-aware KID with its bootstrap interval and the FID at a fixed number
 of generated objects (:mod:`mme3dr.metrics.fidelity`), each with its paper-style value, counts and reference subset.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -28,16 +27,17 @@ from mme3dr.data import PACKAGED_SOURCE, ChecklistItem, load_benchmark
 from mme3dr.defaults import DEFAULTS
 from mme3dr.errors import InputError, MissingInputError
 from mme3dr.generation import GenerationRecord, read_generations
-from mme3dr.jsonl import append_jsonl, atomic_write_text, read_json, read_jsonl, repair_tail, write_jsonl
+from mme3dr.jsonl import read_json
 from mme3dr.metrics.base import MetricResult, PromptMetric, ScoreItem, composite
 from mme3dr.weights import WeightsCheck
-from mme3dr.metrics.set_scores import SET_SCORES_REMEDY, SetMetricRecord, SetScore
 from mme3dr.paths import UnsafePathError, child_path
 from mme3dr.registry import did_you_mean
 from mme3dr.render.output import file_sha256, read_render_record
 from mme3dr.render.presets import RenderPreset
 from mme3dr.render.references import REFERENCE_FILE
 from mme3dr.runinfo import read_run_info
+from mme3dr.score_records import (ScoreRecord, SetMetricRecord, SetScore, append_score, keep_latest_scores,
+                                  read_scores, read_set_scores, repair_scores, write_set_scores)
 
 #: set metric -> (feature extractor, distance)
 SET_METRICS = {"kid": ("inception", "kid"), "fid": ("inception", "fid"),
@@ -280,9 +280,8 @@ def score_run(run_dir: Path | str, metrics: Sequence[str], preset: RenderPreset,
     built = built if built is not None else build_metrics(metrics, preset, reference, options)
     ref_folder = _reference_folder(reference, preset) if reference is not None else None
     summary = ScoreSummary()
-    log = run_dir / runfiles.SCORES
-    repair_tail(log)  # a line torn by a crash is dropped (its record is scored again)
-    done = {_key(r) for r in read_jsonl(log) if r.get("error") is None}
+    repair_scores(run_dir)  # a line torn by a crash is dropped (its record is scored again)
+    done = {r.cache_key() for r in read_scores(run_dir) if r.ok}
     for name, metric in built.prompt.items():
         chash = metric.config_hash()
         summary.scored[name], summary.skipped[name], summary.errors[name] = 0, 0, list(refused.items())
@@ -300,25 +299,18 @@ def score_run(run_dir: Path | str, metrics: Sequence[str], preset: RenderPreset,
                                             f"--preset {preset.name}` first")
             else:
                 [result] = metric.score_many([item])
-            append_jsonl(log, {"prompt_id": item.prompt_id, "category": item.category, "metric": name,
-                               "config_hash": chash, "config": metric.config(),
-                               "preset_hash": key[3], "asset_sha256": sha, "directions": metric.directions,
-                               **asdict(result), "seconds": round(time.perf_counter() - start, 4)})
+            append_score(run_dir, ScoreRecord(item.prompt_id, name, item.category, chash, metric.config(), key[3], sha,
+                                              dict(metric.directions), **asdict(result),
+                                              seconds=round(time.perf_counter() - start, 4)))
             if result.error:
                 summary.errors[name].append((item.prompt_id, result.error))
             else:
                 summary.scored[name] += 1
-    if log.exists():  # one record per (prompt, metric): the latest
-        latest = {(r["prompt_id"], r["metric"]): r for r in read_jsonl(log)}
-        write_jsonl(log, latest.values())
+    keep_latest_scores(run_dir)  # one record per (prompt, metric): the latest
     set_names = [m for m in metrics if m in SET_METRICS]
     if set_names:
         summary.set_scores = score_sets(run_dir, items, ref_folder, set_names, preset, built.extractors, progress)
     return summary
-
-
-def _key(r: dict) -> tuple:
-    return (r["prompt_id"], r["metric"], r["config_hash"], r.get("preset_hash"), r.get("asset_sha256"))
 
 
 def _reference_folder(reference: Path | str, preset: RenderPreset) -> Path:
@@ -376,10 +368,7 @@ def score_sets(run_dir: Path, items: list[tuple[ScoreItem, dict | None]], ref_fo
         return composite(Image.open(key.rsplit("@", 1)[0]))
 
     (gen_keys, gen_labels), (ref_keys, ref_labels) = views(gen_objs), views(ref_objs)
-    out: dict[str, Any] = {}
-    path = run_dir / runfiles.SET_SCORES
-    if path.exists():
-        out = read_json(path, SET_SCORES_REMEDY)
+    stored = read_set_scores(run_dir)  # the other set metrics' records are kept
     feats: dict[str, tuple[str, np.ndarray, np.ndarray]] = {}
     kernels: dict[str, ObjectKernel] = {}
     settings = {k: getattr(DEFAULTS, k) for k in ("kid_bootstrap", "kid_seed", "kid_max_objects", "kid_pooled_subsets",
@@ -422,6 +411,7 @@ def score_sets(run_dir: Path, items: list[tuple[ScoreItem, dict | None]], ref_fo
             per_group[group] = entry
         overall = per_group.pop("overall")
         records[name] = SetMetricRecord(name, weights_id, preset.hash, str(ref_folder), overall, per_group, settings)
-        out[name] = records[name].to_json()
-    atomic_write_text(path, json.dumps(out, indent=1))
+        stored.records[name] = records[name]
+        stored.unreadable.pop(name, None)
+    write_set_scores(run_dir, stored)
     return records
