@@ -14,10 +14,10 @@ from mme3dr.adapters import Generator, ModelSpec
 from mme3dr.cli import app
 from mme3dr.data import load_benchmark
 from mme3dr.generation import generate_run
-from mme3dr.metrics import ScoreOptions, score_run
 from mme3dr.render.presets import get_preset
 from mme3dr.render.references import build_references
 from mme3dr.render.runs import render_run
+from mme3dr.scoring import ScoreOptions, score_run
 
 PRESET = get_preset("canonical").with_overrides(resolution=48, n_views=4)
 

@@ -9,8 +9,6 @@ fixed number of generated objects, and on all views), :func:`fid_from_features` 
 from mme3dr.metrics.base import MetricResult, PromptMetric, ScoreItem
 from mme3dr.metrics.fidelity import (FIDEstimate, KIDEstimate, fid_by_object, fid_from_features, kid_by_object,
                                      kid_from_features)
-from mme3dr.metrics.scoring import PROMPT_METRICS, SET_METRICS, ScoreOptions, score_run
 
-__all__ = ["PROMPT_METRICS", "SET_METRICS", "FIDEstimate", "KIDEstimate", "MetricResult",
-           "PromptMetric", "ScoreItem", "ScoreOptions", "fid_by_object",
-           "fid_from_features", "kid_by_object", "kid_from_features", "score_run"]
+__all__ = ["FIDEstimate", "KIDEstimate", "MetricResult", "PromptMetric", "ScoreItem", "fid_by_object",
+           "fid_from_features", "kid_by_object", "kid_from_features"]

@@ -24,7 +24,7 @@ from mme3dr.defaults import DEFAULTS
 from mme3dr.errors import InputError
 from mme3dr.metrics.base import HIGHER, MetricResult, PromptMetric, ScoreItem
 from mme3dr.weights import (MissingWeightsError, UnsafeWeightsError, local_candidates, missing_message,
-                                   refusing_code, resolve_local)
+                            refusing_code, resolve_local)
 
 
 @contextmanager

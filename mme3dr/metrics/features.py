@@ -32,7 +32,7 @@ from mme3dr.defaults import DEFAULTS
 from mme3dr.errors import InputError
 from mme3dr.jsonl import atomic_write_bytes
 from mme3dr.weights import (MissingWeightsError, UnsafeWeightsError, load_tensors, missing_message,
-                                   refusing_code, resolve_local)
+                            refusing_code, resolve_local)
 
 #: The file name torch-fidelity downloads (the basename of its ``URL_INCEPTION_V3``); put a copy under
 #: ``$MME3DR_WEIGHTS/`` or pass ``--inception-weights PATH``.

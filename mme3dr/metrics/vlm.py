@@ -65,9 +65,9 @@ from mme3dr.defaults import DEFAULTS
 from mme3dr.errors import InputError, Mme3drError
 from mme3dr.metrics.base import HIGHER, LOWER, NONE, MetricResult, PromptMetric, ScoreItem, composite
 from mme3dr.metrics.vlm_parse import AnswerKind, parse_json_answer
-from mme3dr.weights import (MissingWeightsError, UnsafeWeightsError, missing_message, refusing_code,
-                                   resolve_local)
 from mme3dr.render.cameras import positions_from_yaw_pitch, read_transforms
+from mme3dr.weights import (MissingWeightsError, UnsafeWeightsError, missing_message, refusing_code,
+                            resolve_local)
 
 #: Changes whenever a prompt, the view choice or the scoring below changes; part of :meth:`VLMJudge.config`
 #: (and so of the cache key).

@@ -1,4 +1,8 @@
-"""``mme3dr score``: run metrics over a run's assets and renders.
+"""The scoring stage (``mme3dr score``): run metrics over a run's assets and renders.
+
+A stage beside :mod:`mme3dr.generation` and :mod:`mme3dr.render.runs`: it reads the generation records and the
+render records of earlier stages and writes the score records (:mod:`mme3dr.score_records`), which the report
+reads. The metrics themselves (one asset or one set of features at a time) live in :mod:`mme3dr.metrics`.
 
 Per-prompt metrics write one record per (prompt, metric) to ``RUN/scores.jsonl`` (appended and fsynced as each
 prompt is scored; re-running skips records whose metric config hash, render preset hash and asset sha256 are
@@ -29,7 +33,6 @@ from mme3dr.errors import InputError, MissingInputError
 from mme3dr.generation import GenerationRecord, read_generations
 from mme3dr.jsonl import read_json
 from mme3dr.metrics.base import MetricResult, PromptMetric, ScoreItem, composite
-from mme3dr.weights import WeightsCheck
 from mme3dr.paths import UnsafePathError, child_path
 from mme3dr.registry import did_you_mean
 from mme3dr.render.output import file_sha256, read_render_record
@@ -38,6 +41,7 @@ from mme3dr.render.references import REFERENCE_FILE
 from mme3dr.runinfo import read_run_info
 from mme3dr.score_records import (ScoreRecord, SetMetricRecord, SetScore, append_score, keep_latest_scores,
                                   read_scores, read_set_scores, repair_scores, write_set_scores)
+from mme3dr.weights import WeightsCheck
 
 #: set metric -> (feature extractor, distance)
 SET_METRICS = {"kid": ("inception", "kid"), "fid": ("inception", "fid"),
