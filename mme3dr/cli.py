@@ -277,7 +277,7 @@ VlmServerOpt = Annotated[Optional[str], typer.Option(
 
 def _score_options(device, batch_size, clip_model, clip_pretrained, clip_weights, inception_weights, dinov2_model,
                    vlm_model, vlm_server):
-    from mme3dr.scoring import ScoreOptions
+    from mme3dr.metrics.specs import ScoreOptions
 
     return ScoreOptions(device, batch_size, clip_model, clip_pretrained, clip_weights, inception_weights,
                         dinov2_model, vlm_model, vlm_server)
@@ -316,8 +316,8 @@ def score(
     Weights come from --*-weights/--*-model paths, then $MME3DR_WEIGHTS, then the hub; every missing weight is
     named up front, with how to provide it.
     """
-    from mme3dr.scoring import build_metrics, score_run
     from mme3dr.runlock import run_lock
+    from mme3dr.scoring import build_metrics, score_run
 
     quiet_libraries(progress)
     options = _score_options(device, batch_size, clip_model, clip_pretrained, clip_weights, inception_weights,

@@ -23,13 +23,13 @@ from mme3dr.data import load_benchmark
 from mme3dr.defaults import DEFAULTS
 from mme3dr.generation import GenerationSummary, generate_run
 from mme3dr.jsonl import read_jsonl
+from mme3dr.metrics.specs import ScoreOptions
 from mme3dr.render.presets import RenderPreset, get_preset
 from mme3dr.render.runs import RenderSummary, render_run
 from mme3dr.runinfo import update_run_info
 from mme3dr.runlock import run_lock
 from mme3dr.score_records import read_scores
-from mme3dr.scoring import (ScoreOptions, ScoreSummary, build_metrics, no_weights_hint, parse_metrics,
-                            score_run)
+from mme3dr.scoring import ScoreSummary, build_metrics, no_weights_hint, parse_metrics, score_run
 from mme3dr.weights import WeightsCheck
 
 

@@ -15,9 +15,8 @@ of generated objects (:mod:`mme3dr.metrics.fidelity`), each with its paper-style
 from __future__ import annotations
 
 import dataclasses
-import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,8 +32,8 @@ from mme3dr.errors import InputError, MissingInputError
 from mme3dr.generation import GenerationRecord, read_generations
 from mme3dr.jsonl import read_json
 from mme3dr.metrics.base import MetricResult, PromptMetric, ScoreItem, composite
+from mme3dr.metrics.specs import ScoreOptions, feature_extractor, get_metric, metric_names
 from mme3dr.paths import UnsafePathError, child_path
-from mme3dr.registry import did_you_mean
 from mme3dr.render.output import file_sha256, read_render_record
 from mme3dr.render.presets import RenderPreset
 from mme3dr.render.references import REFERENCE_FILE
@@ -43,84 +42,17 @@ from mme3dr.score_records import (ScoreRecord, SetMetricRecord, SetScore, append
                                   read_scores, read_set_scores, repair_scores, write_set_scores)
 from mme3dr.weights import WeightsCheck
 
-#: set metric -> (feature extractor, distance)
-SET_METRICS = {"kid": ("inception", "kid"), "fid": ("inception", "fid"),
-               "kid_dinov2": ("dinov2", "kid"), "fid_dinov2": ("dinov2", "fid")}
-PROMPT_METRICS = ("clip", "vlm", "geometry", "ar3d_compat_clip", "ar3d_compat_kd")
-#: Metrics that load no model weights (what runs on a machine without downloads).
-NO_WEIGHTS = ("geometry",)
-
-
-@dataclass
-class ScoreOptions:
-    """Model choices for every metric; the CLI's options map one to one onto these fields."""
-
-    device: str | None = None
-    batch_size: int = DEFAULTS.batch_size
-    clip_model: str = DEFAULTS.clip_model
-    clip_pretrained: str = DEFAULTS.clip_pretrained
-    clip_weights: str | None = None
-    inception_weights: str | None = None
-    dinov2_model: str = DEFAULTS.dinov2_model
-    vlm_model: str = DEFAULTS.vlm_model
-    vlm_server: str | None = None
-    #: API key of the VLM server; None reads ``$MME3DR_VLM_API_KEY`` (``DEFAULTS.vlm_api_key_env``).
-    vlm_api_key: str | None = None
-
-    def __post_init__(self) -> None:
-        if self.vlm_api_key is None:
-            self.vlm_api_key = os.environ.get(DEFAULTS.vlm_api_key_env) or None
-
-
-def _clip(o: ScoreOptions, ref: Path | None) -> PromptMetric:
-    from mme3dr.metrics.clip import ClipScore
-
-    return ClipScore(o.clip_model, o.clip_pretrained, o.clip_weights, o.device, o.batch_size)
-
-
-def _vlm(o: ScoreOptions, ref: Path | None) -> PromptMetric:
-    from mme3dr.metrics.vlm import OpenAIVLM, TransformersVLM, VLMJudge
-
-    if o.vlm_server:
-        return VLMJudge(OpenAIVLM(o.vlm_server, o.vlm_model, api_key=o.vlm_api_key))
-    backend = TransformersVLM(o.vlm_model, device=o.device)
-    backend.load()  # fail here, once, with the missing-weights advice, not once per prompt
-    return VLMJudge(backend)
-
-
-def _geometry(o: ScoreOptions, ref: Path | None) -> PromptMetric:
-    from mme3dr.metrics.geometry import GeometryMetric
-
-    return GeometryMetric()
-
-
-def _compat_clip(o: ScoreOptions, ref: Path | None) -> PromptMetric:
-    from mme3dr.metrics.clip import ClipModel
-    from mme3dr.metrics.compat import Ar3dCompatClip
-
-    return Ar3dCompatClip(ClipModel(o.clip_model, o.clip_pretrained, o.clip_weights, o.device, o.batch_size))
-
-
-def _compat_kd(o: ScoreOptions, ref: Path | None) -> PromptMetric:
-    from mme3dr.metrics.compat import PREPROCESSING, Ar3dCompatKD
-    from mme3dr.metrics.features import DinoV2Features
-
-    if ref is None:
-        raise InputError("ar3d_compat_kd needs --reference REF with renders of each prompt's ground-truth object")
-    return Ar3dCompatKD(ref, DinoV2Features(o.dinov2_model, o.device, o.batch_size, preprocessing=PREPROCESSING))
-
-
-FACTORIES: dict[str, Callable[[ScoreOptions, Path | None], PromptMetric]] = {
-    "clip": _clip, "vlm": _vlm, "geometry": _geometry, "ar3d_compat_clip": _compat_clip, "ar3d_compat_kd": _compat_kd}
-
-
 def parse_metrics(text: str | Sequence[str]) -> list[str]:
+    """Metric names from ``"clip,kid"`` or a list, each checked against the registry (:data:`METRICS`): an unknown
+    name raises :class:`~mme3dr.errors.UnknownNameError` with the closest registered name."""
     names = [m.strip() for m in (text.split(",") if isinstance(text, str) else text) if m.strip()]
-    known = (*PROMPT_METRICS, *SET_METRICS)
     for m in names:
-        if m not in known:
-            raise InputError(f"unknown metric {m!r}.{did_you_mean(m, known)} Known: {', '.join(known)}")
+        get_metric(m)
     return names
+
+
+def _set(names: Sequence[str]) -> list[str]:
+    return [m for m in names if get_metric(m).kind == "set"]
 
 
 @dataclass
@@ -229,16 +161,10 @@ class BuiltMetrics:
     extractors: dict[str, Any]
 
 
-def _extractor(kind: str, o: ScoreOptions) -> Any:
-    from mme3dr.metrics.features import DinoV2Features, InceptionFeatures
-
-    return (InceptionFeatures(o.inception_weights, o.device, o.batch_size) if kind == "inception"
-            else DinoV2Features(o.dinov2_model, o.device, o.batch_size))
-
-
 def no_weights_hint(names: Sequence[str]) -> str:
     """The advice that ends a missing-weights message: which of ``names`` run without any weights."""
-    free = [m for m in names if m in NO_WEIGHTS] or list(NO_WEIGHTS)
+    free = ([m for m in names if not get_metric(m).needs_weights]
+            or [m for m in metric_names() if not get_metric(m).needs_weights])
     return f"Or leave out the metrics that need weights: --metrics {','.join(free)} runs without downloads."
 
 
@@ -251,34 +177,30 @@ def build_metrics(metrics: Sequence[str], preset: RenderPreset, reference: Path 
     """
     options = options or ScoreOptions()
     names = parse_metrics(metrics)
-    if any(m in SET_METRICS for m in names) and reference is None:
-        raise InputError(f"{', '.join(m for m in names if m in SET_METRICS)} compare against a reference set: pass "
+    if _set(names) and reference is None:
+        raise InputError(f"{', '.join(_set(names))} compare against a reference set: pass "
                          f"--reference REF (build one with `mme3dr references build --preset {preset.name}`)")
     ref_folder = _reference_folder(reference, preset) if reference is not None else None
     collect = check or WeightsCheck()
-    prompt = {m: collect.attempt(f"metric {m}", lambda m=m: FACTORIES[m](options, ref_folder))
-              for m in names if m in PROMPT_METRICS}
-    kinds = dict.fromkeys(SET_METRICS[m][0] for m in names if m in SET_METRICS)
-    extractors = {k: collect.attempt(f"metric {', '.join(m for m in names if SET_METRICS.get(m, ('',))[0] == k)}",
-                                     lambda k=k: _extractor(k, options)) for k in kinds}
+    prompt = {m: collect.attempt(f"metric {m}", lambda m=m: get_metric(m).build(options, ref_folder))
+              for m in names if get_metric(m).kind == "prompt"}
+    kinds = dict.fromkeys(get_metric(m).extractor for m in _set(names))
+    extractors = {k: collect.attempt(f"metric {', '.join(m for m in _set(names) if get_metric(m).extractor == k)}",
+                                     lambda k=k: feature_extractor(k, options)) for k in kinds}
     if check is None:
         collect.raise_if_missing(no_weights_hint(names))
     return BuiltMetrics(prompt, extractors)
 
 
-#: Per-prompt metrics that read the prompt's checklist.
-USES_CHECKLIST = ("vlm",)
-
-
 def score_run(run_dir: Path | str, metrics: Sequence[str], preset: RenderPreset, reference: Path | str | None = None,
               options: ScoreOptions | None = None, progress: bool = True,
               built: BuiltMetrics | None = None, source: str | None = None) -> ScoreSummary:
-    """Score a run with ``metrics`` (names from PROMPT_METRICS and SET_METRICS); ``built`` reuses
+    """Score a run with ``metrics`` (names registered in :data:`~mme3dr.metrics.specs.METRICS`); ``built`` reuses
     :func:`build_metrics` output. Checklists come from the run's own prompt set (``run.json``), or from
     ``source`` (a prompt file, dataset folder or hub id) when given; see :func:`run_checklists`."""
     run_dir, options = Path(run_dir), options or ScoreOptions()
     metrics = parse_metrics(metrics)
-    items, refused = _items(run_dir, preset, any(m in USES_CHECKLIST for m in metrics), source)
+    items, refused = _items(run_dir, preset, any(get_metric(m).uses_checklist for m in metrics), source)
     if not items and not refused:
         raise MissingInputError(f"{run_dir}: no generated assets; run `mme3dr generate ... --out RUN` first")
     built = built if built is not None else build_metrics(metrics, preset, reference, options)
@@ -311,7 +233,7 @@ def score_run(run_dir: Path | str, metrics: Sequence[str], preset: RenderPreset,
             else:
                 summary.scored[name] += 1
     keep_latest_scores(run_dir)  # one record per (prompt, metric): the latest
-    set_names = [m for m in metrics if m in SET_METRICS]
+    set_names = _set(metrics)
     if set_names:
         summary.set_scores = score_sets(run_dir, items, ref_folder, set_names, preset, built.extractors, progress)
     return summary
@@ -379,7 +301,7 @@ def score_sets(run_dir: Path, items: list[tuple[ScoreItem, dict | None]], ref_fo
                                                   "kid_pooled_max_subset", "fid_objects", "fid_draws")}
     records: dict[str, SetMetricRecord] = {}
     for name in names:
-        kind, dist = SET_METRICS[name]
+        kind, dist = get_metric(name).extractor, get_metric(name).distance
         if kind not in feats:
             ext = extractors[kind]
             gen_feats = FeatureCache(run_dir / runfiles.RENDERS_DIR / preset.tag / runfiles.FEATURES_DIR, ext).get(gen_keys, load)
