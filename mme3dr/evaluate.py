@@ -21,8 +21,7 @@ from mme3dr import runfiles
 from mme3dr.adapters import ModelSpec, coerce_model_args, create_generator
 from mme3dr.data import load_benchmark
 from mme3dr.defaults import DEFAULTS
-from mme3dr.generation import GenerationSummary, generate_run
-from mme3dr.jsonl import read_jsonl
+from mme3dr.generation import GenerationSummary, generate_run, read_generations
 from mme3dr.metrics.specs import ScoreOptions
 from mme3dr.render.presets import RenderPreset, get_preset
 from mme3dr.render.runs import RenderSummary, render_run
@@ -107,5 +106,5 @@ def evaluate(model: str, out: Path | str, model_args: dict[str, Any] | None = No
             report_dir = build_report([out], out / runfiles.REPORT_DIR).folder
             timings["report"] = time.perf_counter() - t
         update_run_info(out, metric_configs=_metric_configs(out), timings={k: round(v, 3) for k, v in timings.items()},
-                        counts={"prompts": len(bench), "generated_ok": sum(1 for r in read_jsonl(out / runfiles.GENERATIONS) if r["error"] is None)})
+                        counts={"prompts": len(bench), "generated_ok": sum(g.ok for g in read_generations(out).values())})
     return EvaluationSummary(gen, ren, sco, report_dir, timings)

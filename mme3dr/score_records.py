@@ -1,4 +1,4 @@
-"""The score records of a run, typed, with the one reader and writer of ``RUN/scores.jsonl`` and ``RUN/set_scores.json``.
+"""A run's score records, typed, with the one reader and writer of ``RUN/scores.jsonl`` and ``RUN/set_scores.json``.
 
 The scoring stage (:mod:`mme3dr.scoring`) writes them; the report, ``mme3dr paper`` and ``mme3dr evaluate`` read them
 through :func:`read_scores` and :func:`read_set_scores` only, so the files' layout is spelled out here once.
@@ -135,7 +135,8 @@ class SetScore:
     ref_objects: int
     ref_views: int
     #: KID: the object-aware estimate (:func:`mme3dr.metrics.fidelity.kid_by_object`). FID: the mean over draws of
-    #: ``value_objects`` generated objects against every reference view (:func:`~mme3dr.metrics.fidelity.fid_by_object`).
+    #: ``value_objects`` generated objects against every reference view
+    #: (:func:`~mme3dr.metrics.fidelity.fid_by_object`).
     value: float | None = None
     #: KID: bootstrap standard error over objects and the 95% percentile interval.
     se: float | None = None

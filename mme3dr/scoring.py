@@ -42,8 +42,9 @@ from mme3dr.score_records import (ScoreRecord, SetMetricRecord, SetScore, append
                                   read_scores, read_set_scores, repair_scores, write_set_scores)
 from mme3dr.weights import WeightsCheck
 
+
 def parse_metrics(text: str | Sequence[str]) -> list[str]:
-    """Metric names from ``"clip,kid"`` or a list, each checked against the registry (:data:`METRICS`): an unknown
+    """Metric names from ``"clip,kid"`` or a list, each checked against the registry (:data:`~mme3dr.metrics.specs.METRICS`): an unknown
     name raises :class:`~mme3dr.errors.UnknownNameError` with the closest registered name."""
     names = [m.strip() for m in (text.split(",") if isinstance(text, str) else text) if m.strip()]
     for m in names:
@@ -304,7 +305,8 @@ def score_sets(run_dir: Path, items: list[tuple[ScoreItem, dict | None]], ref_fo
         kind, dist = get_metric(name).extractor, get_metric(name).distance
         if kind not in feats:
             ext = extractors[kind]
-            gen_feats = FeatureCache(run_dir / runfiles.RENDERS_DIR / preset.tag / runfiles.FEATURES_DIR, ext).get(gen_keys, load)
+            gen_cache = run_dir / runfiles.RENDERS_DIR / preset.tag / runfiles.FEATURES_DIR
+            gen_feats = FeatureCache(gen_cache, ext).get(gen_keys, load)
             ref_feats = FeatureCache(ref_folder / runfiles.FEATURES_DIR, ext).get(ref_keys, load)
             width = max(gen_feats.shape[1], ref_feats.shape[1])  # an empty side comes back as (0, 0)
             feats[kind] = (ext.weights_id, gen_feats.reshape(-1, width), ref_feats.reshape(-1, width))

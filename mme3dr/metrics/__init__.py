@@ -1,5 +1,8 @@
 """Metrics: CLIP score, Kernel/Frechet distances, VLM judgments, geometry checks, ar3d-r1-compat numbers.
 
+The metric implementations only: which names exist is the registry in :mod:`mme3dr.metrics.specs`; running them
+over a run folder is the scoring stage, :mod:`mme3dr.scoring`.
+
 Functional API for distances on multi-view features (rows = views, ``objects`` = the object of each row):
 :func:`kid_by_object` (the main, object-aware KID with a bootstrap over objects), :func:`fid_by_object` (FID at a
 fixed number of generated objects, and on all views), :func:`fid_from_features` (FID of two sets of rows) and

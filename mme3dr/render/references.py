@@ -173,8 +173,8 @@ def build_references(out: Path | str, preset: RenderPreset, meshes: Path | str |
         "file": None if isinstance(category_map, Mapping) else str(category_map), "entries": len(mapping),
         "objects_per_category": {c: sum(o["category"] == c for o in objs) for c in CATEGORIES},
         "unmatched": unmatched}
-    results = {r.key: r for r in run_jobs(jobs, preset, folder / runfiles.RENDER_INDEX, workers, backend, progress=progress,
-                                          desc="references", refused=refused)}
+    results = {r.key: r for r in run_jobs(jobs, preset, folder / runfiles.RENDER_INDEX, workers, backend,
+                                          progress=progress, desc="references", refused=refused)}
     entries = [{**o, "ok": results[o["id"]].ok, "error": results[o["id"]].error} for o in objs]
     entries += [{**m, "ok": False} for m in missing]
     atomic_write_text(folder / REFERENCE_FILE, json.dumps({

@@ -42,7 +42,8 @@ def _render_folder(run: RunData) -> Path | None:
         folder = None
     if folder is not None and folder.is_dir():
         return folder
-    for found in sorted((run.path / runfiles.RENDERS_DIR).glob("*/")) if (run.path / runfiles.RENDERS_DIR).is_dir() else []:
+    renders = run.path / runfiles.RENDERS_DIR
+    for found in sorted(renders.glob("*/")) if renders.is_dir() else []:
         try:  # a link out of the run is skipped
             return child_path(run.path, runfiles.RENDERS_DIR, found.name, what="render folder")
         except UnsafePathError:
