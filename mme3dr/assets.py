@@ -34,14 +34,26 @@ import numpy as np
 import trimesh
 from PIL import Image
 
-from mme3dr.adapters.base import parse_up_axis
 from mme3dr.defaults import DEFAULTS
-from mme3dr.errors import Mme3drError
+from mme3dr.errors import InputError, Mme3drError
 
 if TYPE_CHECKING:
     from mme3dr.asset_worker import BudgetedWorker
 
 ASSET_SUFFIXES = (".glb", ".gltf", ".obj", ".ply", ".off", ".stl")
+
+#: Up axes a generator may declare for its assets; each is turned into the canonical z-up frame on load.
+UP_AXES = ("+x", "-x", "+y", "-y", "+z", "-z")
+
+
+def parse_up_axis(axis: str) -> str:
+    """Normalise ``"y"``/``"+Y"``/``"-z"`` to one of :data:`UP_AXES`."""
+    a = axis.strip().lower()
+    a = a if a[:1] in "+-" else "+" + a
+    if a not in UP_AXES:
+        raise InputError(f"up axis {axis!r} is not one of {', '.join(UP_AXES)} (a bare 'y' means '+y')")
+    return a
+
 
 #: Reason codes of :class:`AssetError`, with what each means, in the order the checks run.
 REASONS: dict[str, str] = {

@@ -17,6 +17,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from mme3dr import runfiles
 from mme3dr.defaults import DEFAULTS
 from mme3dr.errors import (EXIT_BUG, EXIT_USER_ERROR, InputError, MissingInputError, Mme3drError,
                            describe_os_error)
@@ -184,7 +185,7 @@ def validate(run: Annotated[Path, typer.Argument(help="Run folder written by `mm
     textured = sum(r.has_texture for r in reports)
     coloured = sum(r.has_vertex_colors for r in reports)
     out.print(f"{ok}/{len(reports)} assets valid ({textured} textured, {coloured} vertex-coloured); "
-              f"details in {Path(run) / DEFAULTS.validation_file}")
+              f"details in {Path(run) / runfiles.VALIDATION}")
     if bad:
         raise typer.Exit(1)
 
@@ -236,11 +237,10 @@ def render(
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
 ) -> None:
     """Render multi-view images: a run into RUN/renders/<preset>-<hash>/<prompt_id>/, or one mesh into --out."""
-    from mme3dr.defaults import DEFAULTS as D
     from mme3dr.render.runs import render_asset, render_run
 
     p = _preset(preset, background, resolution)
-    if target.is_dir() and (target / D.generations_file).exists():
+    if target.is_dir() and (target / runfiles.GENERATIONS).exists():
         from mme3dr.runlock import run_lock
 
         with run_lock(target):
@@ -250,7 +250,7 @@ def render(
             raise InputError("rendering one mesh needs --out DIR")
         summary = render_asset(target, out_dir, p, cameras, up_axis, backend, depth, normals)
     else:
-        raise MissingInputError(f"{target} is neither a run folder (with {D.generations_file}) nor a mesh file")
+        raise MissingInputError(f"{target} is neither a run folder (with {runfiles.GENERATIONS}) nor a mesh file")
     for line in summary.lines():
         err.print(line, highlight=False, markup=False, soft_wrap=True)
     if summary.failed and not (summary.rendered + summary.skipped):
@@ -277,7 +277,7 @@ VlmServerOpt = Annotated[Optional[str], typer.Option(
 
 def _score_options(device, batch_size, clip_model, clip_pretrained, clip_weights, inception_weights, dinov2_model,
                    vlm_model, vlm_server):
-    from mme3dr.metrics.scoring import ScoreOptions
+    from mme3dr.metrics.specs import ScoreOptions
 
     return ScoreOptions(device, batch_size, clip_model, clip_pretrained, clip_weights, inception_weights,
                         dinov2_model, vlm_model, vlm_server)
@@ -316,8 +316,8 @@ def score(
     Weights come from --*-weights/--*-model paths, then $MME3DR_WEIGHTS, then the hub; every missing weight is
     named up front, with how to provide it.
     """
-    from mme3dr.metrics.scoring import build_metrics, score_run
     from mme3dr.runlock import run_lock
+    from mme3dr.scoring import build_metrics, score_run
 
     quiet_libraries(progress)
     options = _score_options(device, batch_size, clip_model, clip_pretrained, clip_weights, inception_weights,
@@ -405,7 +405,7 @@ def paper(
     """Print the published MME-3DR tables (arXiv 2512.10949), optionally with runs' numbers beside Table 4."""
     import pandas as pd
 
-    from mme3dr.paper import markdown_table, published, run_notes, table4_with_runs
+    from mme3dr.report.paper import markdown_table, published, run_notes, table4_with_runs
 
     if run and table != "4":
         raise InputError("--run compares with Table 4 only")

@@ -1,6 +1,7 @@
 """The one source of defaults: the CLI and the Python API both read these values.
 
-Change a default here and every entry point follows; nothing else in the package hard-codes them.
+Change a default here and every entry point follows; nothing else in the package hard-codes them. The names of
+the files inside a run folder are not options: they live in :mod:`mme3dr.runfiles`.
 """
 
 from __future__ import annotations
@@ -43,13 +44,7 @@ class Defaults:
     #: (.bin, .mtl, texture) in MiB, and the most pixels of one texture (a decompression bomb declares billions).
     max_file_mb: int = 1024
     max_texture_pixels: int = 8192 * 8192
-    #: Name of the per-run generation log (one JSON object per prompt).
-    generations_file: str = "generations.jsonl"
-    #: Name of the per-run validation log written by ``mme3dr validate``.
-    validation_file: str = "validation.jsonl"
-    #: Sub-folder of a run that receives generated assets, one folder per prompt id.
-    assets_dir: str = "assets"
-    #: Environment variable naming a folder of model weights (see mme3dr.metrics.weights).
+    #: Environment variable naming a folder of model weights (see mme3dr.weights).
     weights_env: str = "MME3DR_WEIGHTS"
     #: Render preset of `render`, `score`, `evaluate` and `references build` when none is named.
     preset: str = "canonical"
@@ -74,9 +69,6 @@ class Defaults:
     vlm_retries: int = 3
     #: Environment variable holding the API key of the OpenAI-compatible VLM server (read when none is passed).
     vlm_api_key_env: str = "MME3DR_VLM_API_KEY"
-    #: Output files of `mme3dr score`.
-    scores_file: str = "scores.jsonl"
-    set_scores_file: str = "set_scores.json"
     #: Main (object-aware) KID: bootstrap replicates over objects, seed (torch-fidelity's 2020, also used for the
     #: pooled KID's subsets and the FID draws), and the most objects per set (a larger set is subsampled by object).
     kid_bootstrap: int = 1000

@@ -17,18 +17,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from mme3dr import runfiles
 from mme3dr.adapters import ModelSpec, coerce_model_args, create_generator
 from mme3dr.data import load_benchmark
 from mme3dr.defaults import DEFAULTS
-from mme3dr.generation import GenerationSummary, generate_run
-from mme3dr.jsonl import read_jsonl
-from mme3dr.metrics.scoring import (ScoreOptions, ScoreSummary, build_metrics, no_weights_hint, parse_metrics,
-                                   score_run)
-from mme3dr.metrics.weights import WeightsCheck
+from mme3dr.generation import GenerationSummary, generate_run, read_generations
+from mme3dr.metrics.specs import ScoreOptions
 from mme3dr.render.presets import RenderPreset, get_preset
 from mme3dr.render.runs import RenderSummary, render_run
 from mme3dr.runinfo import update_run_info
 from mme3dr.runlock import run_lock
+from mme3dr.score_records import read_scores
+from mme3dr.scoring import ScoreSummary, build_metrics, no_weights_hint, parse_metrics, score_run
+from mme3dr.weights import WeightsCheck
+
 
 @dataclass
 class EvaluationSummary:
@@ -53,8 +55,8 @@ class EvaluationSummary:
 
 def _metric_configs(run_dir: Path) -> dict[str, Any]:
     configs: dict[str, Any] = {}
-    for r in read_jsonl(run_dir / DEFAULTS.scores_file):
-        configs.setdefault(r["metric"], {"config_hash": r["config_hash"], "config": r.get("config")})
+    for r in read_scores(run_dir):
+        configs.setdefault(r.metric, {"config_hash": r.config_hash, "config": r.config})
     return configs
 
 
@@ -68,7 +70,7 @@ def evaluate(model: str, out: Path | str, model_args: dict[str, Any] | None = No
 
     Before anything is written (the run folder is not even created), the prompts, the model and its arguments, the
     reference set and every weight are checked; all missing weights (the generator's and every metric's) are named
-    in one :class:`~mme3dr.metrics.weights.MissingWeightsError`.
+    in one :class:`~mme3dr.weights.MissingWeightsError`.
     """
     out = Path(out)
     model_args = coerce_model_args(model, model_args or {})
@@ -101,8 +103,8 @@ def evaluate(model: str, out: Path | str, model_args: dict[str, Any] | None = No
             from mme3dr.report import build_report
 
             t = time.perf_counter()
-            report_dir = build_report([out], out / "report").folder
+            report_dir = build_report([out], out / runfiles.REPORT_DIR).folder
             timings["report"] = time.perf_counter() - t
         update_run_info(out, metric_configs=_metric_configs(out), timings={k: round(v, 3) for k, v in timings.items()},
-                        counts={"prompts": len(bench), "generated_ok": sum(1 for r in read_jsonl(out / DEFAULTS.generations_file) if r["error"] is None)})
+                        counts={"prompts": len(bench), "generated_ok": sum(g.ok for g in read_generations(out).values())})
     return EvaluationSummary(gen, ren, sco, report_dir, timings)

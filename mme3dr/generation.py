@@ -19,6 +19,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
+from mme3dr import runfiles
 from mme3dr.adapters import GenerationRequest, GenerationResult, Generator, ModelSpec
 from mme3dr.adapters.base import stops_the_run
 from mme3dr.data import Benchmark, PromptRecord
@@ -73,7 +74,7 @@ class GenerationSummary:
 
     def lines(self) -> list[str]:
         out = [f"{self.generated} generated, {self.failed} failed, {self.skipped} already done "
-               f"(of {self.total} prompts) in {self.seconds:.1f} s -> {self.run_dir / DEFAULTS.generations_file}"]
+               f"(of {self.total} prompts) in {self.seconds:.1f} s -> {self.run_dir / runfiles.GENERATIONS}"]
         out += [f"  FAILED {pid}: {err}" for pid, err in self.failures]
         if self.failed_earlier:
             out.append(f"  {self.failed_earlier} of the prompts already done failed in an earlier call; "
@@ -84,7 +85,7 @@ class GenerationSummary:
 def read_generations(run_dir: Path | str) -> dict[str, GenerationRecord]:
     """Latest record per prompt id of a run, in file order."""
     latest: dict[str, GenerationRecord] = {}
-    for row in read_jsonl(Path(run_dir) / DEFAULTS.generations_file):
+    for row in read_jsonl(Path(run_dir) / runfiles.GENERATIONS):
         rec = GenerationRecord(**row)
         latest.pop(rec.prompt_id, None)
         latest[rec.prompt_id] = rec
@@ -119,7 +120,7 @@ def generate_run(generator: Generator, prompts: Sequence[PromptRecord], run_dir:
     """Generate an asset for every prompt into ``run_dir`` and log each outcome.
 
     A generator that raises for a whole batch has that batch recorded as failed; the run goes on. The exception
-    is :class:`~mme3dr.metrics.weights.MissingWeightsError` (its weights are not there): it propagates at once,
+    is :class:`~mme3dr.weights.MissingWeightsError` (its weights are not there): it propagates at once,
     with its advice text, and nothing is recorded, so the same command works once the weights are provided. Prompts already
     in the log are skipped (so a finished run does no work); ``retry_failed`` generates the failed ones again.
 
@@ -130,11 +131,11 @@ def generate_run(generator: Generator, prompts: Sequence[PromptRecord], run_dir:
     """
     run_dir = Path(run_dir)
     for p in prompts:  # an id that would leave RUN/assets/ stops the run before anything is written
-        child_path(run_dir, DEFAULTS.assets_dir, p.id, what="prompt id")
+        child_path(run_dir, runfiles.ASSETS_DIR, p.id, what="prompt id")
     generator.check()  # missing weights stop the run here, before anything is written
     run_dir.mkdir(parents=True, exist_ok=True)
     spec = model_spec or ModelSpec(f"{type(generator).__module__}:{type(generator).__qualname__}")
-    log = run_dir / DEFAULTS.generations_file
+    log = run_dir / runfiles.GENERATIONS
     repair_tail(log)  # a line torn by a crash is dropped (its prompt is generated again)
     previous = read_generations(run_dir)
     for rec in previous.values():
@@ -191,7 +192,7 @@ def generate_run(generator: Generator, prompts: Sequence[PromptRecord], run_dir:
 def _fresh_dir(run_dir: Path, prompt_id: str) -> Path:
     """An empty output folder for one prompt (leftovers of an interrupted attempt are removed). The folder is
     proven to lie inside ``RUN/assets/`` (:func:`~mme3dr.paths.child_path`) before anything is deleted."""
-    path = child_path(run_dir, DEFAULTS.assets_dir, prompt_id, what="prompt id")
+    path = child_path(run_dir, runfiles.ASSETS_DIR, prompt_id, what="prompt id")
     if path.exists():
         shutil.rmtree(path)
     path.mkdir(parents=True)

@@ -31,6 +31,8 @@ from multiprocessing.pool import Pool
 from pathlib import Path
 from typing import Any
 
+from mme3dr import runfiles
+
 
 @contextmanager
 def _main_not_reimported() -> Iterator[None]:
@@ -73,8 +75,6 @@ def spawn_pool(workers: int, initializer: Callable[..., Any] | None = None,
 #: Environment variable carrying a random token into a child and everything it starts, so a later run can find
 #: (and end) the whole family of a child whose parent was killed, with no risk of hitting a reused pid.
 CHILD_TOKEN_ENV = "MME3DR_CHILD_TOKEN"
-#: Folder (inside a run folder) holding one record per running child: ``<pid>.json``.
-CHILDREN_DIR = ".mme3dr-children"
 _PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 _records: ContextVar[Path | None] = ContextVar("mme3dr_child_records", default=None)
 
@@ -83,7 +83,7 @@ _records: ContextVar[Path | None] = ContextVar("mme3dr_child_records", default=N
 def recording_children(run_dir: Path | str) -> Iterator[None]:
     """While active, every :func:`child_process` is recorded in ``run_dir/.mme3dr-children/`` until it ends, so
     that :func:`end_leftover_children` can end it if this process dies first (the run lock activates this)."""
-    token = _records.set(Path(run_dir) / CHILDREN_DIR)
+    token = _records.set(Path(run_dir) / runfiles.CHILDREN_DIR)
     try:
         yield
     finally:
@@ -210,7 +210,7 @@ def end_leftover_children(run_dir: Path | str, timeout: float = 30.0) -> list[in
     Linux every process carrying the child's token is killed as well (what the child started, even after the
     child itself died). Then this waits, up to ``timeout`` seconds, until they are gone, and removes the records.
     """
-    folder = Path(run_dir) / CHILDREN_DIR
+    folder = Path(run_dir) / runfiles.CHILDREN_DIR
     if not folder.is_dir():
         return []
     killed: list[int] = []

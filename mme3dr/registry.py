@@ -1,6 +1,6 @@
 """A typed registry with lazy ``module:attr`` entries, entry-point plug-ins and "did you mean" errors.
 
-Adapters (and later metrics) register under a short name. An entry is either the object itself or a
+Adapters, render presets and metrics register under a short name. An entry is either the object itself or a
 ``"package.module:attr"`` string that is imported only when the name is first used, so listing the registry
 never imports heavy dependencies. Third-party packages add entries through an entry-point group.
 """
@@ -61,8 +61,10 @@ class Registry(Generic[T]):
     True
     """
 
-    def __init__(self, kind: str, entry_point_group: str | None = None) -> None:
+    def __init__(self, kind: str, entry_point_group: str | None = None, advice: str = "") -> None:
         self.kind = kind
+        #: What to do about an unknown name, appended to its error (e.g. which option takes these names).
+        self.advice = advice
         self.entry_point_group = entry_point_group
         self._entries: dict[str, _Entry] = {}
         self._entry_points_loaded = entry_point_group is None
@@ -110,7 +112,8 @@ class Registry(Generic[T]):
             return self._entries[name]
         except KeyError:
             raise UnknownNameError(f"unknown {self.kind} {name!r}.{did_you_mean(name, self._entries)} "
-                                   f"Registered: {', '.join(sorted(self._entries)) or '(none)'}.") from None
+                                   f"Registered: {', '.join(sorted(self._entries)) or '(none)'}."
+                                   + (f" {self.advice}" if self.advice else "")) from None
 
     def describe(self, name: str) -> str:
         """First line of the entry's docstring as plain text, read from its source file without importing it

@@ -12,9 +12,9 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
+from mme3dr import runfiles
 from mme3dr.jsonl import atomic_write_text, read_json
 
-RUN_FILE = "run.json"
 PACKAGES = ("mme3dr", "torch", "torchvision", "trimesh", "pyrender-maintained", "PyOpenGL", "open_clip_torch",
             "torch-fidelity", "transformers", "numpy", "pandas", "datasets", "matplotlib")
 
@@ -72,7 +72,7 @@ def hardware() -> dict[str, Any]:
 
 def read_run_info(run_dir: Path | str) -> dict[str, Any]:
     """``RUN/run.json`` ({} when there is none); a damaged file is an error naming it."""
-    path = Path(run_dir) / RUN_FILE
+    path = Path(run_dir) / runfiles.RUN_INFO
     if not path.exists():
         return {}
     return read_json(path, "delete it: the next `mme3dr evaluate` on this run writes a new one (the prompts, model, "
@@ -81,7 +81,7 @@ def read_run_info(run_dir: Path | str) -> dict[str, Any]:
 
 def update_run_info(run_dir: Path | str, **fields: Any) -> dict[str, Any]:
     """Merge ``fields`` into ``RUN/run.json`` (nested dicts are merged one level deep) and return it."""
-    path = Path(run_dir) / RUN_FILE
+    path = Path(run_dir) / runfiles.RUN_INFO
     info = read_run_info(run_dir)
     if not info:
         from mme3dr import __version__

@@ -18,11 +18,11 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from mme3dr import runfiles
 from mme3dr.errors import Mme3drError
 from mme3dr.jsonl import remove_stale_temps
 from mme3dr.processes import end_leftover_children, recording_children
 
-LOCK_NAME = ".mme3dr.lock"
 _held: dict[Path, tuple[int, int]] = {}  # resolved run dir -> (fd, depth)
 
 
@@ -43,7 +43,7 @@ def run_lock(run_dir: Path | str) -> Iterator[None]:
             _held[run_dir] = (fd, depth - 1)
         return
     run_dir.mkdir(parents=True, exist_ok=True)
-    fd = os.open(run_dir / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
+    fd = os.open(run_dir / runfiles.LOCK, os.O_RDWR | os.O_CREAT, 0o644)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:

@@ -6,8 +6,8 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
+from mme3dr import runfiles
 from mme3dr.assets import AssetReport, check_asset
-from mme3dr.defaults import DEFAULTS
 from mme3dr.errors import MissingInputError
 from mme3dr.generation import read_generations
 from mme3dr.jsonl import write_jsonl
@@ -22,7 +22,7 @@ def validate_run(run_dir: Path | str, progress: bool = True) -> list[AssetReport
     run_dir = Path(run_dir)
     records = read_generations(run_dir)
     if not records:
-        raise MissingInputError(f"{run_dir / DEFAULTS.generations_file} is missing or empty; "
+        raise MissingInputError(f"{run_dir / runfiles.GENERATIONS} is missing or empty; "
                                 "run `mme3dr generate ... --out RUN` first")
     reports = []
     for rec in tqdm(records.values(), desc="validate", unit="asset", disable=not progress):
@@ -31,5 +31,5 @@ def validate_run(run_dir: Path | str, progress: bool = True) -> list[AssetReport
             reports.append(AssetReport(rec.prompt_id, None, ok=False, reason="generation_failed", message=rec.error))
         else:
             reports.append(check_asset(rec.prompt_id, path, up_axis=rec.up_axis))
-    write_jsonl(run_dir / DEFAULTS.validation_file, [r.to_dict() for r in reports])
+    write_jsonl(run_dir / runfiles.VALIDATION, [r.to_dict() for r in reports])
     return reports

@@ -22,7 +22,7 @@ from scipy.spatial import cKDTree
 
 from mme3dr.adapters.base import GenerationRequest, GenerationResult, Generator, check_device
 from mme3dr.errors import InputError
-from mme3dr.metrics.weights import MissingWeightsError
+from mme3dr.weights import MissingWeightsError
 from reference_policy import bundled
 from reference_policy.evaluate import TEMPERATURE, TOP_K
 from reference_policy.policy import ReferencePolicy, Rollout

@@ -36,9 +36,9 @@ import trimesh
 
 from mme3dr.adapters.base import GenerationRequest, GenerationResult, Generator, check_device
 from mme3dr.errors import InputError
-from mme3dr.metrics.weights import (MissingWeightsError, UnsafeWeightsError, missing_message, refusing_code,
-                                   resolve_local)
 from mme3dr.registry import import_target
+from mme3dr.weights import (MissingWeightsError, UnsafeWeightsError, missing_message, refusing_code,
+                            resolve_local)
 from reference_policy.shapellm_vqvae import (CODEBOOK_SIZE, N_TOKENS, ShapeVQVAE, find_vqvae, load_vqvae,
                                              occupancy_to_mesh)
 

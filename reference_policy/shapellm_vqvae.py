@@ -33,7 +33,7 @@ import torch.nn.functional as F
 import trimesh
 from torch import nn
 
-from mme3dr.metrics.weights import MissingWeightsError, load_tensors, missing_message, resolve_local
+from mme3dr.weights import MissingWeightsError, load_tensors, missing_message, resolve_local
 
 #: Hub repository and file of the released weights.
 VQVAE_REPO = "yejunliang23/3DVQVAE"

@@ -118,7 +118,7 @@ def test_evaluate_names_every_missing_weight_at_once_and_writes_nothing(tmp_path
 
 
 def test_clip_message_keeps_the_underlying_error_whole():
-    from mme3dr.metrics.weights import missing_message
+    from mme3dr.weights import missing_message
 
     long = RuntimeError("word " * 100 + "Please check your connection and try again.")
     assert missing_message("CLIP", "ViT-B-32/openai", "x.pt", long).count("connection and try again.") == 1

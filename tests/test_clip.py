@@ -8,7 +8,7 @@ import tiny_clip
 from mme3dr.metrics.base import ScoreItem
 from mme3dr.metrics.clip import ClipScore
 from mme3dr.metrics.compat import Ar3dCompatClip, released_prompt_text
-from mme3dr.metrics.weights import MissingWeightsError
+from mme3dr.weights import MissingWeightsError
 
 PROMPT = "Dark brown wooden rocking chair with curved armrests and spindle backrest."
 

@@ -38,7 +38,7 @@ def test_user_errors_keep_their_old_bases():
     from mme3dr.data import BenchmarkFormatError
     from mme3dr.generation import RunConflictError
     from mme3dr.metrics.vlm import VLMRequestError
-    from mme3dr.metrics.weights import MissingWeightsError
+    from mme3dr.weights import MissingWeightsError
     from mme3dr.runlock import RunLockedError
 
     for cls, old in ((BenchmarkFormatError, ValueError), (RunConflictError, ValueError), (AssetError, Exception),

@@ -233,14 +233,14 @@ def test_paper_prints_table4_and_a_run_beside_it(assets, tmp_path):
     folder, _ = assets
     run = tmp_path / "RUN"
     evaluate("folder", run, {"root": str(folder)}, ["geometry"], limit=2, preset=PRESET, report=False, progress=False)
-    from mme3dr.metrics.set_scores import SetMetricRecord, SetScore
+    from mme3dr.score_records import SetMetricRecord, SetScore
 
     kid = SetMetricRecord("kid", "inception", "h", "REF", SetScore("all", 2, 48, 40, 960, value=0.0005, se=0.0001,
                                                                  ci_low=0.0003, ci_high=0.0007, paper_value=0.002))
     (run / "set_scores.json").write_text(json.dumps({"kid": kid.to_json()}))
     res = CliRunner().invoke(app, ["paper", "--run", str(run), "--name", "mine"])
     assert res.exit_code == 0 and "MME-3DR (this toolkit)" in res.stdout and "d_kd_incep_x100" in res.stdout
-    from mme3dr.paper import table4_with_runs
+    from mme3dr.report.paper import table4_with_runs
 
     t = table4_with_runs([run])
     ar3d = t[(t["benchmark"] == "MME-3DR") & (t["method"] == "AR3D-R1")].iloc[0]

@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 
 import hostile_corpus as H
+from mme3dr import runfiles
 from mme3dr.defaults import DEFAULTS
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -169,10 +170,10 @@ def test_no_traceback_and_expected_exit_codes(corpus):
 @pytest.mark.slow  # four CLI runs (their start-up dominates): ~30 s
 def test_every_case_gets_its_reason_at_every_stage(corpus):
     run = corpus["run"]
-    validation = {r["prompt_id"]: r for r in _jsonl(run / DEFAULTS.validation_file)}
+    validation = {r["prompt_id"]: r for r in _jsonl(run / runfiles.VALIDATION)}
     [renders_dir] = (run / "renders").iterdir()
     renders = {r["key"]: r for r in _jsonl(renders_dir / "renders.jsonl")}
-    scores = {r["prompt_id"]: r for r in _jsonl(run / DEFAULTS.scores_file) if r["metric"] == "geometry"}
+    scores = {r["prompt_id"]: r for r in _jsonl(run / runfiles.SCORES) if r["metric"] == "geometry"}
     wrong = []
     for case in corpus["cases"]:
         v = validation[case.id]
@@ -194,13 +195,13 @@ def test_every_case_gets_its_reason_at_every_stage(corpus):
 
 @pytest.mark.slow  # four CLI runs (their start-up dominates): ~30 s
 def test_good_assets_come_through_unaffected(corpus):
-    validation = {r["prompt_id"]: r for r in _jsonl(corpus["run"] / DEFAULTS.validation_file)}
+    validation = {r["prompt_id"]: r for r in _jsonl(corpus["run"] / runfiles.VALIDATION)}
     assert validation["ok-glb"]["n_faces"] == 12 and validation["ok-glb"]["source_extent"] == pytest.approx(3.0)
     assert validation["ok-obj"]["n_faces"] == 2 and validation["ok-obj"]["has_texture"]
     assert validation["ok-ply"]["n_faces"] == 4
     # zero-area faces are dropped and counted; the tetrahedron they surround is what is loaded
     assert validation["zero-area-many"]["n_faces"] == 4 and validation["zero-area-many"]["zero_area_faces"] == 200_000
-    scores = {r["prompt_id"]: r for r in _jsonl(corpus["run"] / DEFAULTS.scores_file)}
+    scores = {r["prompt_id"]: r for r in _jsonl(corpus["run"] / runfiles.SCORES)}
     assert scores["zero-area-many"]["values"]["degenerate_faces"] == pytest.approx(200_000 / 200_004)
     assert scores["zero-area-many"]["values"]["watertight"] == 1.0
     assert scores["ok-glb"]["values"]["watertight"] == 1.0 and scores["ok-glb"]["values"]["degenerate_faces"] == 0
@@ -244,7 +245,7 @@ def test_memory_and_time_stay_within_budget(corpus):
         assert s.max_rss < MAX_RSS_BYTES, (name, s.max_rss)
     [renders_dir] = (corpus["run"] / "renders").iterdir()
     per_asset = [r["seconds"] for r in _jsonl(renders_dir / "renders.jsonl")]
-    per_asset += [r["seconds"] for r in _jsonl(corpus["run"] / DEFAULTS.scores_file)]
+    per_asset += [r["seconds"] for r in _jsonl(corpus["run"] / runfiles.SCORES)]
     assert per_asset and max(per_asset) < DEFAULTS.asset_timeout_s
 
 

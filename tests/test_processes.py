@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from mme3dr.processes import CHILDREN_DIR
+from mme3dr import runfiles
 from mme3dr.runlock import run_lock
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the parent-death signal is Linux's")
@@ -104,7 +104,7 @@ def test_a_generator_dies_with_a_killed_mme3dr(scene):
     parent = start_parent(tmp_path, "alone")
     child = read_pid(tmp_path / "pids" / "child")
     started.append(child)
-    wait_for(lambda: any((tmp_path / "RUN" / CHILDREN_DIR).glob("*.json")), "the generator to be recorded")
+    wait_for(lambda: any((tmp_path / "RUN" / runfiles.CHILDREN_DIR).glob("*.json")), "the generator to be recorded")
     parent.kill()  # SIGKILL: no cleanup code of mme3dr runs
     parent.wait()
     wait_for(lambda: not running(child), "the generator to die with mme3dr")
@@ -122,7 +122,7 @@ def test_the_next_run_ends_what_the_generator_started(scene):
     assert running(grandchild)  # the kernel signals the direct child only
     with run_lock(tmp_path / "RUN"):  # the next run on this folder
         assert not running(grandchild)
-    assert not list((tmp_path / "RUN" / CHILDREN_DIR).glob("*"))
+    assert not list((tmp_path / "RUN" / runfiles.CHILDREN_DIR).glob("*"))
 
 
 def test_what_a_finished_generator_left_running_is_ended(scene):
@@ -133,14 +133,14 @@ def test_what_a_finished_generator_left_running_is_ended(scene):
     started.append(grandchild)
     assert parent.returncode == 0 and out.strip() == "None"  # the prompt succeeded
     wait_for(lambda: not running(grandchild), "the generator's leftover to be killed")
-    assert not list((tmp_path / "RUN" / CHILDREN_DIR).glob("*"))
+    assert not list((tmp_path / "RUN" / runfiles.CHILDREN_DIR).glob("*"))
 
 
 def test_a_recorded_pid_now_used_by_another_process_is_left_alone(tmp_path):
     """The record's start time no longer matches (the pid was reused): that process is not ours to kill."""
     other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(3600)"])
     try:
-        records = tmp_path / "RUN" / CHILDREN_DIR
+        records = tmp_path / "RUN" / runfiles.CHILDREN_DIR
         records.mkdir(parents=True)
         (records / f"{other.pid}.json").write_text(json.dumps({"pid": other.pid, "start_time": "1",
                                                                "token": "0" * 32, "argv": ["gen"]}))

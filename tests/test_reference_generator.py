@@ -14,7 +14,7 @@ from mme3dr.adapters import create_generator
 from mme3dr.adapters.base import GenerationRequest
 from mme3dr.assets import load_asset
 from mme3dr.cli import app
-from mme3dr.metrics.weights import MissingWeightsError
+from mme3dr.weights import MissingWeightsError
 from reference_policy.evaluate import evaluate_split
 from reference_policy import bundled
 from reference_policy.generator import ReferenceGenerator, surface_mesh

@@ -17,9 +17,9 @@ from transformers import LogitsProcessor, LogitsProcessorList
 
 from mme3dr.adapters.base import GenerationRequest
 from mme3dr.assets import load_asset
-from mme3dr.metrics.weights import MissingWeightsError
 from mme3dr.render.presets import get_preset
 from mme3dr.render.renderer import get_renderer
+from mme3dr.weights import MissingWeightsError
 from reference_policy.released import (
     MESH_END,
     MESH_START,

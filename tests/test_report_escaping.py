@@ -14,10 +14,10 @@ import pytest
 from PIL import Image
 
 from mme3dr.generation import GenerationRecord
-from mme3dr.metrics.set_scores import SetMetricRecord, SetScore
 from mme3dr.render.presets import get_preset
 from mme3dr.report import build_report
 from mme3dr.report.html import SORT_JS
+from mme3dr.score_records import SetMetricRecord, SetScore
 
 TAG = get_preset("canonical").tag
 

@@ -222,7 +222,7 @@ def test_camera_folder_lookup_stays_inside(tmp_path):
 
 
 def test_score_refuses_a_planted_id(tmp_path, outside):
-    from mme3dr.metrics.scoring import score_run
+    from mme3dr.scoring import score_run
 
     run = tmp_path / "RUN"
     _plant(run, "../../../sentinel", outside / "secret.glb")

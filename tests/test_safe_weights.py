@@ -14,8 +14,8 @@ import tiny_clip
 import tiny_features
 from mme3dr.cli import app
 from mme3dr.metrics.features import INCEPTION_FILE, DinoV2Features, InceptionFeatures
-from mme3dr.metrics.weights import MissingWeightsError, UnsafeWeightsError, load_tensors
 from mme3dr.render.presets import get_preset
+from mme3dr.weights import MissingWeightsError, UnsafeWeightsError, load_tensors
 
 
 class _Boom:

@@ -14,10 +14,11 @@ from mme3dr.adapters import Generator, ModelSpec
 from mme3dr.cli import app
 from mme3dr.data import load_benchmark
 from mme3dr.generation import generate_run
-from mme3dr.metrics import ScoreOptions, score_run
+from mme3dr.metrics.specs import ScoreOptions
 from mme3dr.render.presets import get_preset
 from mme3dr.render.references import build_references
 from mme3dr.render.runs import render_run
+from mme3dr.scoring import score_run
 
 PRESET = get_preset("canonical").with_overrides(resolution=48, n_views=4)
 
@@ -109,7 +110,7 @@ def test_missing_reference_and_renders_are_clear(setup, tmp_path):
         score_run(run, ["kid"], PRESET.with_overrides(resolution=32), ref, opts, progress=False)
     s = score_run(run, ["clip"], PRESET.with_overrides(n_views=2), None, opts, progress=False)
     assert s.scored["clip"] == 0 and "not rendered with preset" in s.errors["clip"][0][1]
-    with pytest.raises(ValueError, match="Did you mean 'clip'"):
+    with pytest.raises(KeyError, match="Did you mean 'clip'"):
         score_run(run, ["clp"], PRESET, None, opts, progress=False)
 
 

@@ -17,11 +17,11 @@ import trimesh
 from mme3dr.adapters import Generator, ModelSpec, create_generator
 from mme3dr.data import load_benchmark
 from mme3dr.generation import generate_run
-from mme3dr.metrics.scoring import BuiltMetrics, PromptSetMismatchError, score_run
 from mme3dr.metrics.vlm import VLMJudge
 from mme3dr.render.presets import get_preset
 from mme3dr.render.runs import render_run
 from mme3dr.runinfo import git_commit
+from mme3dr.scoring import BuiltMetrics, PromptSetMismatchError, score_run
 
 REPO = Path(__file__).resolve().parents[1]
 

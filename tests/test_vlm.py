@@ -20,9 +20,7 @@ from PIL import Image
 from mme3dr.adapters import Generator, ModelSpec
 from mme3dr.data import ChecklistItem, load_benchmark
 from mme3dr.generation import generate_run
-from mme3dr.metrics import score_run
 from mme3dr.metrics.base import HIGHER, LOWER, NONE, ScoreItem
-from mme3dr.metrics.scoring import BuiltMetrics
 from mme3dr.metrics.vlm import (
     CATEGORY_KEYS,
     PROMPT_VERSION,
@@ -35,11 +33,13 @@ from mme3dr.metrics.vlm import (
     judge_views,
 )
 from mme3dr.metrics.vlm_parse import parse_json_answer
-from mme3dr.metrics.weights import MissingWeightsError
 from mme3dr.render.cameras import sphere_hammersley, transforms_dict
 from mme3dr.render.presets import RenderPreset, get_preset
 from mme3dr.render.runs import render_run
 from mme3dr.report import build_report
+from mme3dr.scoring import score_run
+from mme3dr.scoring import BuiltMetrics
+from mme3dr.weights import MissingWeightsError
 from tiny_qwen import build_tiny_qwen25_vl
 
 PROMPT = "Dark brown wooden rocking chair with curved armrests and spindle backrest."

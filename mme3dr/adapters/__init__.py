@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mme3dr.adapters.base import UP_AXES, GenerationRequest, GenerationResult, Generator, parse_up_axis
+from mme3dr.adapters.base import GenerationRequest, GenerationResult, Generator
 from mme3dr.errors import AdapterError, InputError, ModelArgumentError, Mme3drError
 from mme3dr.registry import Registry, did_you_mean
 
@@ -154,5 +154,5 @@ def describe(name: str) -> str:
     return GENERATORS.describe(name)
 
 
-__all__ = ["GENERATORS", "UP_AXES", "GenerationRequest", "GenerationResult", "Generator", "ModelSpec",
-           "coerce_model_args", "create_generator", "describe", "parse_model_args", "parse_up_axis", "parse_value"]
+__all__ = ["GENERATORS", "GenerationRequest", "GenerationResult", "Generator", "ModelSpec", "coerce_model_args",
+           "create_generator", "describe", "parse_model_args", "parse_value"]

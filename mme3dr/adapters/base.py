@@ -18,18 +18,7 @@ from typing import Any
 
 from mme3dr.defaults import DEFAULTS
 from mme3dr.errors import InputError, stops_every_write
-
-UP_AXES = ("+x", "-x", "+y", "-y", "+z", "-z")
-
-
-def parse_up_axis(axis: str) -> str:
-    """Normalise ``"y"``/``"+Y"``/``"-z"`` to one of :data:`UP_AXES`."""
-    a = axis.strip().lower()
-    a = a if a[:1] in "+-" else "+" + a
-    if a not in UP_AXES:
-        raise InputError(f"up axis {axis!r} is not one of {', '.join(UP_AXES)} (a bare 'y' means '+y')")
-    return a
-
+from mme3dr.weights import MissingWeightsError
 
 def check_device(device: str) -> str:
     """``device`` if torch can use it here, else ``ValueError`` saying what is available (checked when a generator
@@ -52,11 +41,9 @@ def check_device(device: str) -> str:
 
 
 def stops_the_run(exc: BaseException) -> bool:
-    """True for :class:`~mme3dr.metrics.weights.MissingWeightsError` and for a full disk or a read-only file system
+    """True for :class:`~mme3dr.weights.MissingWeightsError` and for a full disk or a read-only file system
     (:func:`mme3dr.errors.stops_every_write`): every prompt would fail alike, so the error (with its advice text)
     ends the run instead of being recorded per prompt."""
-    from mme3dr.metrics.weights import MissingWeightsError  # lazy: mme3dr.metrics imports torch
-
     return isinstance(exc, MissingWeightsError) or stops_every_write(exc)
 
 
@@ -83,6 +70,8 @@ class GenerationResult:
     metadata: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        from mme3dr.assets import parse_up_axis  # lazy: mme3dr.assets imports trimesh
+
         self.up_axis = parse_up_axis(self.up_axis)
         if (self.asset_path is None) == (self.error is None):
             raise ValueError("a GenerationResult has exactly one of asset_path and error")
@@ -112,7 +101,7 @@ class Generator(ABC):
     batch_size: int = 1
 
     def check(self) -> None:
-        """Fail fast, before any prompt: raise :class:`~mme3dr.metrics.weights.MissingWeightsError` when weights are
+        """Fail fast, before any prompt: raise :class:`~mme3dr.weights.MissingWeightsError` when weights are
         missing (with the text saying how to provide them). The runner calls it once per run, before it writes
         anything, and ``mme3dr evaluate`` reports it together with every missing metric weight. The default checks
         nothing; adapters with weights override it (cheaply: it should find the files, not load a large model)."""
@@ -151,6 +140,8 @@ class Generator(ABC):
 
 class _FunctionGenerator(Generator):
     def __init__(self, fn: Callable[[GenerationRequest], Path | str], up_axis: str) -> None:
+        from mme3dr.assets import parse_up_axis  # lazy: mme3dr.assets imports trimesh
+
         self._fn = fn
         self.up_axis = parse_up_axis(up_axis)
 

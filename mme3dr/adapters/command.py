@@ -10,8 +10,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from mme3dr.adapters.base import GenerationRequest, GenerationResult, Generator, parse_up_axis
-from mme3dr.assets import ASSET_SUFFIXES
+from mme3dr.adapters.base import GenerationRequest, GenerationResult, Generator
+from mme3dr.assets import ASSET_SUFFIXES, parse_up_axis
 from mme3dr.defaults import DEFAULTS
 from mme3dr.errors import InputError, MissingInputError, naming, stops_every_write
 from mme3dr.processes import child_process, kill_group

@@ -5,8 +5,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from mme3dr.adapters.base import GenerationRequest, Generator, parse_up_axis
-from mme3dr.assets import ASSET_SUFFIXES
+from mme3dr.adapters.base import GenerationRequest, Generator
+from mme3dr.assets import ASSET_SUFFIXES, parse_up_axis
 from mme3dr.defaults import DEFAULTS
 from mme3dr.errors import MissingInputError
 from mme3dr.paths import child_path

@@ -11,7 +11,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from mme3dr.adapters.base import Generator, parse_up_axis
+from mme3dr.adapters.base import Generator
+from mme3dr.assets import parse_up_axis
 from mme3dr.defaults import DEFAULTS
 from mme3dr.errors import AdapterError, InputError, ModelArgumentError, Mme3drError
 from mme3dr.registry import import_target

@@ -1,5 +1,8 @@
 """Metrics: CLIP score, Kernel/Frechet distances, VLM judgments, geometry checks, ar3d-r1-compat numbers.
 
+The metric implementations only: which names exist is the registry in :mod:`mme3dr.metrics.specs`; running them
+over a run folder is the scoring stage, :mod:`mme3dr.scoring`.
+
 Functional API for distances on multi-view features (rows = views, ``objects`` = the object of each row):
 :func:`kid_by_object` (the main, object-aware KID with a bootstrap over objects), :func:`fid_by_object` (FID at a
 fixed number of generated objects, and on all views), :func:`fid_from_features` (FID of two sets of rows) and
@@ -9,10 +12,6 @@ fixed number of generated objects, and on all views), :func:`fid_from_features` 
 from mme3dr.metrics.base import MetricResult, PromptMetric, ScoreItem
 from mme3dr.metrics.fidelity import (FIDEstimate, KIDEstimate, fid_by_object, fid_from_features, kid_by_object,
                                      kid_from_features)
-from mme3dr.metrics.scoring import PROMPT_METRICS, SET_METRICS, ScoreOptions, score_run
-from mme3dr.metrics.set_scores import SetMetricRecord, SetScore, read_set_scores
-from mme3dr.metrics.weights import MissingWeightsError
 
-__all__ = ["PROMPT_METRICS", "SET_METRICS", "FIDEstimate", "KIDEstimate", "MetricResult", "MissingWeightsError",
-           "PromptMetric", "ScoreItem", "ScoreOptions", "SetMetricRecord", "SetScore", "fid_by_object",
-           "fid_from_features", "kid_by_object", "kid_from_features", "read_set_scores", "score_run"]
+__all__ = ["FIDEstimate", "KIDEstimate", "MetricResult", "PromptMetric", "ScoreItem", "fid_by_object",
+           "fid_from_features", "kid_by_object", "kid_from_features"]

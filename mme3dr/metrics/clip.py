@@ -23,8 +23,8 @@ from PIL import Image
 from mme3dr.defaults import DEFAULTS
 from mme3dr.errors import InputError
 from mme3dr.metrics.base import HIGHER, MetricResult, PromptMetric, ScoreItem
-from mme3dr.metrics.weights import (MissingWeightsError, UnsafeWeightsError, local_candidates, missing_message,
-                                   refusing_code, resolve_local)
+from mme3dr.weights import (MissingWeightsError, UnsafeWeightsError, local_candidates, missing_message,
+                            refusing_code, resolve_local)
 
 
 @contextmanager

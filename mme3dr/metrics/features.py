@@ -3,7 +3,7 @@
 - ``inception``: torch-fidelity's ``inception-v3-compat`` (the TF-Inception port used for FID/KID), 2048-d pool3
   features; images resized to 299 inside the extractor. Weights: ``weights=PATH``, else
   ``$MME3DR_WEIGHTS/weights-inception-2015-12-05-6726825d.pth``, else torch-fidelity's download (torch hub cache).
-  The file is read here as tensors only (:func:`~mme3dr.metrics.weights.load_tensors`), never unpickled by
+  The file is read here as tensors only (:func:`~mme3dr.weights.load_tensors`), never unpickled by
   torch-fidelity, whose own loader would run any code a crafted file carries.
 - ``dinov2``: DINOv2 CLS-token features from transformers' ``Dinov2Model`` (default ``facebook/dinov2-base``,
   768-d). Preprocessing ``resize224`` (default): images resized to 224x224 (bicubic) and normalised with the
@@ -31,8 +31,8 @@ from PIL import Image
 from mme3dr.defaults import DEFAULTS
 from mme3dr.errors import InputError
 from mme3dr.jsonl import atomic_write_bytes
-from mme3dr.metrics.weights import (MissingWeightsError, UnsafeWeightsError, load_tensors, missing_message,
-                                   refusing_code, resolve_local)
+from mme3dr.weights import (MissingWeightsError, UnsafeWeightsError, load_tensors, missing_message,
+                            refusing_code, resolve_local)
 
 #: The file name torch-fidelity downloads (the basename of its ``URL_INCEPTION_V3``); put a copy under
 #: ``$MME3DR_WEIGHTS/`` or pass ``--inception-weights PATH``.

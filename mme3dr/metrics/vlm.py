@@ -60,13 +60,14 @@ import numpy as np
 from PIL import Image
 from scipy.optimize import linear_sum_assignment
 
+from mme3dr import runfiles
 from mme3dr.defaults import DEFAULTS
 from mme3dr.errors import InputError, Mme3drError
 from mme3dr.metrics.base import HIGHER, LOWER, NONE, MetricResult, PromptMetric, ScoreItem, composite
 from mme3dr.metrics.vlm_parse import AnswerKind, parse_json_answer
-from mme3dr.metrics.weights import (MissingWeightsError, UnsafeWeightsError, missing_message, refusing_code,
-                                   resolve_local)
 from mme3dr.render.cameras import positions_from_yaw_pitch, read_transforms
+from mme3dr.weights import (MissingWeightsError, UnsafeWeightsError, missing_message, refusing_code,
+                            resolve_local)
 
 #: Changes whenever a prompt, the view choice or the scoring below changes; part of :meth:`VLMJudge.config`
 #: (and so of the cache key).
@@ -202,7 +203,7 @@ class VLMJudge(PromptMetric):
     def choose_views(self, item: ScoreItem) -> tuple[list[Path], np.ndarray]:
         """The chosen view files (see :func:`judge_views`) and all the views' camera positions."""
         paths = item.view_paths()
-        transforms = Path(item.render_dir) / "transforms.json"
+        transforms = Path(item.render_dir) / runfiles.TRANSFORMS
         if not transforms.is_file():
             raise ValueError(f"{item.prompt_id}: {transforms} is missing, so the judge cannot tell where the views "
                              f"were taken; delete {item.render_dir} and run `mme3dr render` again")

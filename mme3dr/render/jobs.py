@@ -16,6 +16,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
+from mme3dr import runfiles
 from mme3dr.asset_files import check_regular_file
 from mme3dr.assets import AssetError, load_asset
 from mme3dr.defaults import DEFAULTS
@@ -25,8 +26,6 @@ from mme3dr.processes import spawn_pool
 from mme3dr.render.cameras import CameraSet, read_transforms
 from mme3dr.render.output import file_sha256, read_render_record, render_intact, write_render
 from mme3dr.render.presets import RenderPreset
-
-INDEX_FILE = "renders.jsonl"
 
 
 @dataclass(frozen=True)
@@ -57,7 +56,7 @@ def resolve_cameras(cameras: Path | str | None, key: str) -> str | None:
         return None
     path = Path(cameras)
     if path.is_dir():
-        nested = child_path(path, key, "transforms.json", what="prompt id")
+        nested = child_path(path, key, runfiles.TRANSFORMS, what="prompt id")
         for cand in (nested, child_path(path, f"{key}.json", what="prompt id")):
             if cand.is_file():
                 return str(cand)

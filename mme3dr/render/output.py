@@ -25,14 +25,12 @@ import numpy as np
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
+from mme3dr import runfiles
 from mme3dr.errors import naming
 from mme3dr.jsonl import make_temp_dir
 from mme3dr.render.cameras import transforms_dict
 from mme3dr.render.presets import RenderPreset
 from mme3dr.render.renderer import RenderOutput
-
-RENDER_RECORD = "render.json"
-CONTACT_SHEET = "contact_sheet.png"
 
 
 def file_sha256(path: Path | str) -> str:
@@ -99,13 +97,13 @@ def _write_files(tmp: Path, out: RenderOutput, preset: RenderPreset, record: dic
                       images))
     if out.depth is not None:
         np.savez_compressed(tmp / "depth.npz", depth=out.depth)
-    contact_sheet(out.rgba).save(tmp / CONTACT_SHEET)
+    contact_sheet(out.rgba).save(tmp / runfiles.CONTACT_SHEET)
     meta = {"preset": preset.params(), "preset_hash": preset.hash}
-    (tmp / "transforms.json").write_text(json.dumps(transforms_dict(out.cameras, names, meta), indent=1))
+    (tmp / runfiles.TRANSFORMS).write_text(json.dumps(transforms_dict(out.cameras, names, meta), indent=1))
     record = {**record, "preset": preset.name, "preset_hash": preset.hash, "backend": out.backend,
               "n_views": len(names), "resolution": preset.resolution,
               "files": {p.name: p.stat().st_size for p in sorted(tmp.iterdir())}}
-    (tmp / RENDER_RECORD).write_text(json.dumps(record, indent=1))
+    (tmp / runfiles.RENDER_RECORD).write_text(json.dumps(record, indent=1))
     return record
 
 
@@ -126,7 +124,7 @@ def render_intact(folder: Path, record: dict[str, Any]) -> bool:
 
 
 def read_render_record(folder: Path) -> dict[str, Any] | None:
-    path = Path(folder) / RENDER_RECORD
+    path = Path(folder) / runfiles.RENDER_RECORD
     try:
         return json.loads(path.read_text())
     except (OSError, json.JSONDecodeError):

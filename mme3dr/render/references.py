@@ -31,13 +31,14 @@ from pathlib import Path
 
 import pandas as pd
 
+from mme3dr import runfiles
 from mme3dr.assets import ASSET_SUFFIXES
 from mme3dr.defaults import DEFAULTS
 from mme3dr.categories import CATEGORIES, resolve_category
 from mme3dr.errors import InputError, MissingInputError
 from mme3dr.jsonl import atomic_write_text, read_json
 from mme3dr.paths import UnsafePathError, child_path
-from mme3dr.render.jobs import INDEX_FILE, RenderJob, RenderJobResult, run_jobs
+from mme3dr.render.jobs import RenderJob, RenderJobResult, run_jobs
 from mme3dr.render.presets import RenderPreset
 from mme3dr.render.runs import RenderSummary, summarise
 
@@ -172,8 +173,8 @@ def build_references(out: Path | str, preset: RenderPreset, meshes: Path | str |
         "file": None if isinstance(category_map, Mapping) else str(category_map), "entries": len(mapping),
         "objects_per_category": {c: sum(o["category"] == c for o in objs) for c in CATEGORIES},
         "unmatched": unmatched}
-    results = {r.key: r for r in run_jobs(jobs, preset, folder / INDEX_FILE, workers, backend, progress=progress,
-                                          desc="references", refused=refused)}
+    results = {r.key: r for r in run_jobs(jobs, preset, folder / runfiles.RENDER_INDEX, workers, backend,
+                                          progress=progress, desc="references", refused=refused)}
     entries = [{**o, "ok": results[o["id"]].ok, "error": results[o["id"]].error} for o in objs]
     entries += [{**m, "ok": False} for m in missing]
     atomic_write_text(folder / REFERENCE_FILE, json.dumps({

@@ -5,14 +5,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from mme3dr import runfiles
 from mme3dr.defaults import DEFAULTS
 from mme3dr.errors import MissingInputError
 from mme3dr.generation import read_generations
 from mme3dr.paths import UnsafePathError, child_path
-from mme3dr.render.jobs import INDEX_FILE, RenderJob, RenderJobResult, resolve_cameras, run_jobs
+from mme3dr.render.jobs import RenderJob, RenderJobResult, resolve_cameras, run_jobs
 from mme3dr.render.presets import RenderPreset
-
-RENDERS_DIR = "renders"
 
 
 @dataclass
@@ -46,9 +45,9 @@ def render_run(run_dir: Path | str, preset: RenderPreset, cameras: Path | str | 
     run_dir = Path(run_dir)
     records = read_generations(run_dir)
     if not records:
-        raise MissingInputError(f"{run_dir / DEFAULTS.generations_file} is missing or empty; "
+        raise MissingInputError(f"{run_dir / runfiles.GENERATIONS} is missing or empty; "
                                 "run `mme3dr generate ... --out RUN` first")
-    folder = child_path(run_dir, RENDERS_DIR, preset.tag, what="render preset tag")
+    folder = child_path(run_dir, runfiles.RENDERS_DIR, preset.tag, what="render preset tag")
     jobs, refused, not_generated = [], [], []
     for pid, rec in records.items():
         asset = rec.resolved_asset(run_dir)
@@ -62,7 +61,7 @@ def render_run(run_dir: Path | str, preset: RenderPreset, cameras: Path | str | 
             refused.append(RenderJobResult(pid, False, "", str(exc), "unsafe_path"))
             continue
         jobs.append(RenderJob(pid, str(asset), str(out), rec.up_axis, cams, {"category": rec.category}))
-    results = run_jobs(jobs, preset, folder / INDEX_FILE, workers, backend, depth, normals, progress,
+    results = run_jobs(jobs, preset, folder / runfiles.RENDER_INDEX, workers, backend, depth, normals, progress,
                        refused=refused)
     return summarise(folder, results, not_generated)
 

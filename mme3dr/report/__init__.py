@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from mme3dr import runfiles
 from mme3dr.categories import CATEGORIES
 from mme3dr.defaults import WORST_VALUES
 from mme3dr.errors import InputError
@@ -19,7 +20,6 @@ from mme3dr.report.html import render_html
 from mme3dr.report.tables import (FAILURE_POLICY, SET_INFO_COLUMNS, RunData, beside, directions, leaderboard,
                                   load_run, markdown, metric_keys, paired_differences, reference_label,
                                   report_warnings, set_details, wide)
-from mme3dr.render.runs import RENDERS_DIR
 
 
 @dataclass
@@ -37,14 +37,15 @@ def _render_folder(run: RunData) -> Path | None:
     """The run's render folder of its preset (``run.json``), else its first one; never a folder outside the run."""
     tag = (run.info.get("preset") or {}).get("tag")
     try:
-        folder = child_path(run.path, RENDERS_DIR, str(tag), what="run.json preset tag") if tag else None
+        folder = child_path(run.path, runfiles.RENDERS_DIR, str(tag), what="run.json preset tag") if tag else None
     except UnsafePathError:
         folder = None
     if folder is not None and folder.is_dir():
         return folder
-    for found in sorted((run.path / RENDERS_DIR).glob("*/")) if (run.path / RENDERS_DIR).is_dir() else []:
+    renders = run.path / runfiles.RENDERS_DIR
+    for found in sorted(renders.glob("*/")) if renders.is_dir() else []:
         try:  # a link out of the run is skipped
-            return child_path(run.path, RENDERS_DIR, found.name, what="render folder")
+            return child_path(run.path, runfiles.RENDERS_DIR, found.name, what="render folder")
         except UnsafePathError:
             continue
     return None

@@ -17,8 +17,8 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
+from mme3dr import runfiles
 from mme3dr.paths import UnsafePathError, child_path
-from mme3dr.render.output import CONTACT_SHEET
 from mme3dr.report.tables import FAILURE_POLICY, RunData
 
 SORT_JS = """
@@ -95,7 +95,7 @@ def _sheet(folder: Path | None, prompt_id: str) -> Path | None:
     if folder is None:
         return None
     try:
-        return child_path(folder, str(prompt_id), CONTACT_SHEET, what="prompt id")
+        return child_path(folder, str(prompt_id), runfiles.CONTACT_SHEET, what="prompt id")
     except UnsafePathError:
         return None
 

@@ -16,7 +16,7 @@ scored; a run's numbers never depend on which other runs share the report:
   For a value without a fixed worst (an unbounded count) ``micro_worst`` is empty and ``macro`` is the mean of the
   five category means, empty unless every category has a value.
 
-Set metrics come from each run's ``set_scores.json`` (:mod:`mme3dr.metrics.set_scores`), overall (in ``micro``) and
+Set metrics come from each run's ``set_scores.json`` (:mod:`mme3dr.score_records`), overall (in ``micro``) and
 per category, each with the reference subset and the counts of objects and views it was computed from
 (:func:`set_details`): ``kid_x100`` (object-aware, with its bootstrap-over-objects 95% interval ``_lo``/``_hi`` and
 standard error ``_se``), ``fid`` (at a fixed number of generated objects), and the paper-style
@@ -39,14 +39,14 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from mme3dr import runfiles
 from mme3dr.categories import CATEGORIES
 from mme3dr.defaults import DEFAULTS, WORST_VALUES
 from mme3dr.errors import MissingInputError
 from mme3dr.generation import read_generations
-from mme3dr.jsonl import read_jsonl
 from mme3dr.metrics.vlm import REPORT_BESIDE
-from mme3dr.metrics.set_scores import SetMetricRecord, read_set_scores
 from mme3dr.runinfo import read_run_info
+from mme3dr.score_records import SetMetricRecord, read_scores, read_set_scores
 
 FAILURE_POLICY = ("Failed prompts (no asset, or a metric that could not be computed) are reported three ways: "
                   "`success` is the share of prompts with an asset; `micro` and the category columns average over "
@@ -83,23 +83,23 @@ def load_run(path: Path | str, name: str | None = None) -> RunData:
     path = Path(path)
     gens = read_generations(path)
     if not gens:
-        raise MissingInputError(f"{path}: no {DEFAULTS.generations_file}; is this a run folder?")
+        raise MissingInputError(f"{path}: no {runfiles.GENERATIONS}; is this a run folder?")
     info = read_run_info(path)
     model = info.get("model", {}).get("name") or next(iter(gens.values())).model.get("name", path.name)
     prompts = pd.DataFrame([{"prompt_id": g.prompt_id, "category": g.category, "prompt": g.prompt,
                              "generated": g.ok} for g in gens.values()])
     rows, directions, details, keys = [], {}, {}, {}
-    for r in read_jsonl(path / DEFAULTS.scores_file):
-        details[(r["prompt_id"], r["metric"])] = {"details": r.get("details", {}), "error": r.get("error"),
-                                                   "values": r.get("values", {})}
-        directions.update(r.get("directions", {}))
-        keys.update(dict.fromkeys([*r.get("directions", {}), *(r.get("values") or {})]))
-        for key, value in (r.get("values") or {}).items():
-            rows.append({"prompt_id": r["prompt_id"], "category": r["category"], "metric": r["metric"], "key": key,
+    for r in read_scores(path):
+        details[(r.prompt_id, r.metric)] = {"details": r.details, "error": r.error, "values": r.values}
+        directions.update(r.directions)
+        keys.update(dict.fromkeys([*r.directions, *r.values]))
+        for key, value in r.values.items():
+            rows.append({"prompt_id": r.prompt_id, "category": r.category, "metric": r.metric, "key": key,
                          "value": np.nan if value is None else float(value)})
     values = pd.DataFrame(rows, columns=["prompt_id", "category", "metric", "key", "value"])
-    sets, problems = read_set_scores(path)
-    return RunData(path, name or model, info, prompts, values, directions, details, sets, list(keys), problems)
+    sets = read_set_scores(path)
+    return RunData(path, name or model, info, prompts, values, directions, details, sets.records, list(keys),
+                   sets.problems)
 
 
 def bootstrap_ci(x: np.ndarray, reps: int = DEFAULTS.report_bootstrap,

@@ -20,11 +20,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from mme3dr.defaults import DEFAULTS
+from mme3dr import runfiles
 from mme3dr.errors import InputError, MissingInputError
-from mme3dr.jsonl import read_jsonl
-from mme3dr.metrics.set_scores import read_set_scores
 from mme3dr.runinfo import read_run_info
+from mme3dr.score_records import read_scores, read_set_scores
 
 TABLES = {"4": "table4_main.csv", "1": "table1_rewards.csv", "2": "table2_algorithms.csv",
           "5": "table5_hi_grpo_rewards.csv", "6": "table6_paradigms.csv"}
@@ -41,9 +40,10 @@ def run_numbers(run_dir: Path | str) -> dict[str, Any]:
     """A run's numbers in Table 4's columns (NaN where the run lacks the metric), with the counts and the reference
     behind its set values (``problems``: set_scores records that could not be read)."""
     run_dir = Path(run_dir)
-    clip = [r["values"].get("clip") for r in read_jsonl(run_dir / DEFAULTS.scores_file) if r["metric"] == "clip"]
+    clip = [r.values.get("clip") for r in read_scores(run_dir) if r.metric == "clip"]
     clip = [c for c in clip if c is not None]
-    sets, problems = read_set_scores(run_dir)
+    stored = read_set_scores(run_dir)
+    sets, problems = stored.records, stored.problems
 
     def overall(name: str, scale: float) -> float:
         v = sets[name].overall.paper_value if name in sets else None
@@ -58,8 +58,8 @@ def run_numbers(run_dir: Path | str) -> dict[str, Any]:
 
 
 def _check_run(run_dir: Path) -> None:
-    if not (run_dir / DEFAULTS.generations_file).is_file():
-        raise MissingInputError(f"{run_dir} is not a run folder (no {DEFAULTS.generations_file}); pass the --out folder "
+    if not (run_dir / runfiles.GENERATIONS).is_file():
+        raise MissingInputError(f"{run_dir} is not a run folder (no {runfiles.GENERATIONS}); pass the --out folder "
                                 "of `mme3dr evaluate` or `mme3dr generate`")
 
 
@@ -71,7 +71,7 @@ def run_notes(run_dir: Path | str) -> list[str]:
     empty = [c for c in TABLE4_COLUMNS if np.isnan(nums[c])]
     if not empty:
         return []
-    scored = sorted({r["metric"] for r in read_jsonl(run_dir / DEFAULTS.scores_file)})
+    scored = sorted({r.metric for r in read_scores(run_dir)})
     needs = {"clip_score": "clip", "kd_incep_x100": "kid", "kd_dinov2_x100": "kid_dinov2", "fd_incep": "fid"}
     return [f"{run_dir}: no {', '.join(needs[c] for c in empty)} scores (it has: {', '.join(scored) or 'none'}), so "
             f"its {', '.join(empty)} cells are empty; add them with `mme3dr score {run_dir} --metrics "

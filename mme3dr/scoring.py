@@ -1,20 +1,22 @@
-"""``mme3dr score``: run metrics over a run's assets and renders.
+"""The scoring stage (``mme3dr score``): run metrics over a run's assets and renders.
+
+A stage beside :mod:`mme3dr.generation` and :mod:`mme3dr.render.runs`: it reads the generation records and the
+render records of earlier stages and writes the score records (:mod:`mme3dr.score_records`), which the report
+reads. The metrics themselves (one asset or one set of features at a time) live in :mod:`mme3dr.metrics`.
 
 Per-prompt metrics write one record per (prompt, metric) to ``RUN/scores.jsonl`` (appended and fsynced as each
 prompt is scored; re-running skips records whose metric config hash, render preset hash and asset sha256 are
 unchanged). Set metrics (KID/FID on Inception or DINOv2 features) compare the run's renders with a reference set
 rendered with the same preset, overall and per category, and go to ``RUN/set_scores.json`` as typed records
-(:mod:`mme3dr.metrics.set_scores`): the object-aware KID with its bootstrap interval and the FID at a fixed number
+(:mod:`mme3dr.score_records`): the object-aware KID with its bootstrap interval and the FID at a fixed number
 of generated objects (:mod:`mme3dr.metrics.fidelity`), each with its paper-style value, counts and reference subset.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
-import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,101 +24,36 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
+from mme3dr import runfiles
 from mme3dr.categories import CATEGORIES
 from mme3dr.data import PACKAGED_SOURCE, ChecklistItem, load_benchmark
 from mme3dr.defaults import DEFAULTS
 from mme3dr.errors import InputError, MissingInputError
 from mme3dr.generation import GenerationRecord, read_generations
-from mme3dr.jsonl import append_jsonl, atomic_write_text, read_json, read_jsonl, repair_tail, write_jsonl
+from mme3dr.jsonl import read_json
 from mme3dr.metrics.base import MetricResult, PromptMetric, ScoreItem, composite
-from mme3dr.metrics.weights import WeightsCheck
-from mme3dr.metrics.set_scores import SET_SCORES_REMEDY, SetMetricRecord, SetScore
+from mme3dr.metrics.specs import ScoreOptions, feature_extractor, get_metric, metric_names
 from mme3dr.paths import UnsafePathError, child_path
-from mme3dr.registry import did_you_mean
 from mme3dr.render.output import file_sha256, read_render_record
 from mme3dr.render.presets import RenderPreset
 from mme3dr.render.references import REFERENCE_FILE
-from mme3dr.render.runs import RENDERS_DIR
 from mme3dr.runinfo import read_run_info
-
-#: set metric -> (feature extractor, distance)
-SET_METRICS = {"kid": ("inception", "kid"), "fid": ("inception", "fid"),
-               "kid_dinov2": ("dinov2", "kid"), "fid_dinov2": ("dinov2", "fid")}
-PROMPT_METRICS = ("clip", "vlm", "geometry", "ar3d_compat_clip", "ar3d_compat_kd")
-#: Metrics that load no model weights (what runs on a machine without downloads).
-NO_WEIGHTS = ("geometry",)
-
-
-@dataclass
-class ScoreOptions:
-    """Model choices for every metric; the CLI's options map one to one onto these fields."""
-
-    device: str | None = None
-    batch_size: int = DEFAULTS.batch_size
-    clip_model: str = DEFAULTS.clip_model
-    clip_pretrained: str = DEFAULTS.clip_pretrained
-    clip_weights: str | None = None
-    inception_weights: str | None = None
-    dinov2_model: str = DEFAULTS.dinov2_model
-    vlm_model: str = DEFAULTS.vlm_model
-    vlm_server: str | None = None
-    #: API key of the VLM server; None reads ``$MME3DR_VLM_API_KEY`` (``DEFAULTS.vlm_api_key_env``).
-    vlm_api_key: str | None = None
-
-    def __post_init__(self) -> None:
-        if self.vlm_api_key is None:
-            self.vlm_api_key = os.environ.get(DEFAULTS.vlm_api_key_env) or None
-
-
-def _clip(o: ScoreOptions, ref: Path | None) -> PromptMetric:
-    from mme3dr.metrics.clip import ClipScore
-
-    return ClipScore(o.clip_model, o.clip_pretrained, o.clip_weights, o.device, o.batch_size)
-
-
-def _vlm(o: ScoreOptions, ref: Path | None) -> PromptMetric:
-    from mme3dr.metrics.vlm import OpenAIVLM, TransformersVLM, VLMJudge
-
-    if o.vlm_server:
-        return VLMJudge(OpenAIVLM(o.vlm_server, o.vlm_model, api_key=o.vlm_api_key))
-    backend = TransformersVLM(o.vlm_model, device=o.device)
-    backend.load()  # fail here, once, with the missing-weights advice, not once per prompt
-    return VLMJudge(backend)
-
-
-def _geometry(o: ScoreOptions, ref: Path | None) -> PromptMetric:
-    from mme3dr.metrics.geometry import GeometryMetric
-
-    return GeometryMetric()
-
-
-def _compat_clip(o: ScoreOptions, ref: Path | None) -> PromptMetric:
-    from mme3dr.metrics.clip import ClipModel
-    from mme3dr.metrics.compat import Ar3dCompatClip
-
-    return Ar3dCompatClip(ClipModel(o.clip_model, o.clip_pretrained, o.clip_weights, o.device, o.batch_size))
-
-
-def _compat_kd(o: ScoreOptions, ref: Path | None) -> PromptMetric:
-    from mme3dr.metrics.compat import PREPROCESSING, Ar3dCompatKD
-    from mme3dr.metrics.features import DinoV2Features
-
-    if ref is None:
-        raise InputError("ar3d_compat_kd needs --reference REF with renders of each prompt's ground-truth object")
-    return Ar3dCompatKD(ref, DinoV2Features(o.dinov2_model, o.device, o.batch_size, preprocessing=PREPROCESSING))
-
-
-FACTORIES: dict[str, Callable[[ScoreOptions, Path | None], PromptMetric]] = {
-    "clip": _clip, "vlm": _vlm, "geometry": _geometry, "ar3d_compat_clip": _compat_clip, "ar3d_compat_kd": _compat_kd}
+from mme3dr.score_records import (ScoreRecord, SetMetricRecord, SetScore, append_score, keep_latest_scores,
+                                  read_scores, read_set_scores, repair_scores, write_set_scores)
+from mme3dr.weights import WeightsCheck
 
 
 def parse_metrics(text: str | Sequence[str]) -> list[str]:
+    """Metric names from ``"clip,kid"`` or a list, each checked against the registry (:data:`~mme3dr.metrics.specs.METRICS`): an unknown
+    name raises :class:`~mme3dr.errors.UnknownNameError` with the closest registered name."""
     names = [m.strip() for m in (text.split(",") if isinstance(text, str) else text) if m.strip()]
-    known = (*PROMPT_METRICS, *SET_METRICS)
     for m in names:
-        if m not in known:
-            raise InputError(f"unknown metric {m!r}.{did_you_mean(m, known)} Known: {', '.join(known)}")
+        get_metric(m)
     return names
+
+
+def _set(names: Sequence[str]) -> list[str]:
+    return [m for m in names if get_metric(m).kind == "set"]
 
 
 @dataclass
@@ -199,7 +136,7 @@ def _items(run_dir: Path, preset: RenderPreset, checklists: bool = True, source:
     each prompt's checklist (:func:`run_checklists`, from ``source`` or the run's own prompt set)."""
     gens = read_generations(run_dir)
     checklists = run_checklists(run_dir, gens, source) if checklists and gens else {}
-    folder = child_path(run_dir, RENDERS_DIR, preset.tag, what="render preset tag")
+    folder = child_path(run_dir, runfiles.RENDERS_DIR, preset.tag, what="render preset tag")
     out, refused = [], {}
     for pid, rec in gens.items():
         asset = rec.resolved_asset(run_dir)
@@ -225,16 +162,10 @@ class BuiltMetrics:
     extractors: dict[str, Any]
 
 
-def _extractor(kind: str, o: ScoreOptions) -> Any:
-    from mme3dr.metrics.features import DinoV2Features, InceptionFeatures
-
-    return (InceptionFeatures(o.inception_weights, o.device, o.batch_size) if kind == "inception"
-            else DinoV2Features(o.dinov2_model, o.device, o.batch_size))
-
-
 def no_weights_hint(names: Sequence[str]) -> str:
     """The advice that ends a missing-weights message: which of ``names`` run without any weights."""
-    free = [m for m in names if m in NO_WEIGHTS] or list(NO_WEIGHTS)
+    free = ([m for m in names if not get_metric(m).needs_weights]
+            or [m for m in metric_names() if not get_metric(m).needs_weights])
     return f"Or leave out the metrics that need weights: --metrics {','.join(free)} runs without downloads."
 
 
@@ -247,42 +178,37 @@ def build_metrics(metrics: Sequence[str], preset: RenderPreset, reference: Path 
     """
     options = options or ScoreOptions()
     names = parse_metrics(metrics)
-    if any(m in SET_METRICS for m in names) and reference is None:
-        raise InputError(f"{', '.join(m for m in names if m in SET_METRICS)} compare against a reference set: pass "
+    if _set(names) and reference is None:
+        raise InputError(f"{', '.join(_set(names))} compare against a reference set: pass "
                          f"--reference REF (build one with `mme3dr references build --preset {preset.name}`)")
     ref_folder = _reference_folder(reference, preset) if reference is not None else None
     collect = check or WeightsCheck()
-    prompt = {m: collect.attempt(f"metric {m}", lambda m=m: FACTORIES[m](options, ref_folder))
-              for m in names if m in PROMPT_METRICS}
-    kinds = dict.fromkeys(SET_METRICS[m][0] for m in names if m in SET_METRICS)
-    extractors = {k: collect.attempt(f"metric {', '.join(m for m in names if SET_METRICS.get(m, ('',))[0] == k)}",
-                                     lambda k=k: _extractor(k, options)) for k in kinds}
+    prompt = {m: collect.attempt(f"metric {m}", lambda m=m: get_metric(m).build(options, ref_folder))
+              for m in names if get_metric(m).kind == "prompt"}
+    kinds = dict.fromkeys(get_metric(m).extractor for m in _set(names))
+    extractors = {k: collect.attempt(f"metric {', '.join(m for m in _set(names) if get_metric(m).extractor == k)}",
+                                     lambda k=k: feature_extractor(k, options)) for k in kinds}
     if check is None:
         collect.raise_if_missing(no_weights_hint(names))
     return BuiltMetrics(prompt, extractors)
 
 
-#: Per-prompt metrics that read the prompt's checklist.
-USES_CHECKLIST = ("vlm",)
-
-
 def score_run(run_dir: Path | str, metrics: Sequence[str], preset: RenderPreset, reference: Path | str | None = None,
               options: ScoreOptions | None = None, progress: bool = True,
               built: BuiltMetrics | None = None, source: str | None = None) -> ScoreSummary:
-    """Score a run with ``metrics`` (names from PROMPT_METRICS and SET_METRICS); ``built`` reuses
+    """Score a run with ``metrics`` (names registered in :data:`~mme3dr.metrics.specs.METRICS`); ``built`` reuses
     :func:`build_metrics` output. Checklists come from the run's own prompt set (``run.json``), or from
     ``source`` (a prompt file, dataset folder or hub id) when given; see :func:`run_checklists`."""
     run_dir, options = Path(run_dir), options or ScoreOptions()
     metrics = parse_metrics(metrics)
-    items, refused = _items(run_dir, preset, any(m in USES_CHECKLIST for m in metrics), source)
+    items, refused = _items(run_dir, preset, any(get_metric(m).uses_checklist for m in metrics), source)
     if not items and not refused:
         raise MissingInputError(f"{run_dir}: no generated assets; run `mme3dr generate ... --out RUN` first")
     built = built if built is not None else build_metrics(metrics, preset, reference, options)
     ref_folder = _reference_folder(reference, preset) if reference is not None else None
     summary = ScoreSummary()
-    log = run_dir / DEFAULTS.scores_file
-    repair_tail(log)  # a line torn by a crash is dropped (its record is scored again)
-    done = {_key(r) for r in read_jsonl(log) if r.get("error") is None}
+    repair_scores(run_dir)  # a line torn by a crash is dropped (its record is scored again)
+    done = {r.cache_key() for r in read_scores(run_dir) if r.ok}
     for name, metric in built.prompt.items():
         chash = metric.config_hash()
         summary.scored[name], summary.skipped[name], summary.errors[name] = 0, 0, list(refused.items())
@@ -300,25 +226,18 @@ def score_run(run_dir: Path | str, metrics: Sequence[str], preset: RenderPreset,
                                             f"--preset {preset.name}` first")
             else:
                 [result] = metric.score_many([item])
-            append_jsonl(log, {"prompt_id": item.prompt_id, "category": item.category, "metric": name,
-                               "config_hash": chash, "config": metric.config(),
-                               "preset_hash": key[3], "asset_sha256": sha, "directions": metric.directions,
-                               **asdict(result), "seconds": round(time.perf_counter() - start, 4)})
+            append_score(run_dir, ScoreRecord(item.prompt_id, name, item.category, chash, metric.config(), key[3], sha,
+                                              dict(metric.directions), **asdict(result),
+                                              seconds=round(time.perf_counter() - start, 4)))
             if result.error:
                 summary.errors[name].append((item.prompt_id, result.error))
             else:
                 summary.scored[name] += 1
-    if log.exists():  # one record per (prompt, metric): the latest
-        latest = {(r["prompt_id"], r["metric"]): r for r in read_jsonl(log)}
-        write_jsonl(log, latest.values())
-    set_names = [m for m in metrics if m in SET_METRICS]
+    keep_latest_scores(run_dir)  # one record per (prompt, metric): the latest
+    set_names = _set(metrics)
     if set_names:
         summary.set_scores = score_sets(run_dir, items, ref_folder, set_names, preset, built.extractors, progress)
     return summary
-
-
-def _key(r: dict) -> tuple:
-    return (r["prompt_id"], r["metric"], r["config_hash"], r.get("preset_hash"), r.get("asset_sha256"))
 
 
 def _reference_folder(reference: Path | str, preset: RenderPreset) -> Path:
@@ -376,21 +295,19 @@ def score_sets(run_dir: Path, items: list[tuple[ScoreItem, dict | None]], ref_fo
         return composite(Image.open(key.rsplit("@", 1)[0]))
 
     (gen_keys, gen_labels), (ref_keys, ref_labels) = views(gen_objs), views(ref_objs)
-    out: dict[str, Any] = {}
-    path = run_dir / DEFAULTS.set_scores_file
-    if path.exists():
-        out = read_json(path, SET_SCORES_REMEDY)
+    stored = read_set_scores(run_dir)  # the other set metrics' records are kept
     feats: dict[str, tuple[str, np.ndarray, np.ndarray]] = {}
     kernels: dict[str, ObjectKernel] = {}
     settings = {k: getattr(DEFAULTS, k) for k in ("kid_bootstrap", "kid_seed", "kid_max_objects", "kid_pooled_subsets",
                                                   "kid_pooled_max_subset", "fid_objects", "fid_draws")}
     records: dict[str, SetMetricRecord] = {}
     for name in names:
-        kind, dist = SET_METRICS[name]
+        kind, dist = get_metric(name).extractor, get_metric(name).distance
         if kind not in feats:
             ext = extractors[kind]
-            gen_feats = FeatureCache(run_dir / RENDERS_DIR / preset.tag / "features", ext).get(gen_keys, load)
-            ref_feats = FeatureCache(ref_folder / "features", ext).get(ref_keys, load)
+            gen_cache = run_dir / runfiles.RENDERS_DIR / preset.tag / runfiles.FEATURES_DIR
+            gen_feats = FeatureCache(gen_cache, ext).get(gen_keys, load)
+            ref_feats = FeatureCache(ref_folder / runfiles.FEATURES_DIR, ext).get(ref_keys, load)
             width = max(gen_feats.shape[1], ref_feats.shape[1])  # an empty side comes back as (0, 0)
             feats[kind] = (ext.weights_id, gen_feats.reshape(-1, width), ref_feats.reshape(-1, width))
         weights_id, g_all, r_all = feats[kind]
@@ -422,6 +339,7 @@ def score_sets(run_dir: Path, items: list[tuple[ScoreItem, dict | None]], ref_fo
             per_group[group] = entry
         overall = per_group.pop("overall")
         records[name] = SetMetricRecord(name, weights_id, preset.hash, str(ref_folder), overall, per_group, settings)
-        out[name] = records[name].to_json()
-    atomic_write_text(path, json.dumps(out, indent=1))
+        stored.records[name] = records[name]
+        stored.unreadable.pop(name, None)
+    write_set_scores(run_dir, stored)
     return records
