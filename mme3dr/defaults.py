@@ -39,7 +39,7 @@ class Defaults:
     #: ``timeout``) and memory the loader may take beyond its start-up size, as an address-space limit in MiB
     #: (reason ``too_large``). A 10-million-face GLB loads in about 1.5 GiB.
     asset_timeout_s: float = 120.0
-    asset_memory_mb: int = 1280
+    asset_memory_mb: int = 3072
     #: Loading budget, checked before parsing (reason ``too_large``): the largest asset file and companion file
     #: (.bin, .mtl, texture) in MiB, and the most pixels of one texture (a decompression bomb declares billions).
     max_file_mb: int = 1024

@@ -14,7 +14,6 @@ import json
 import os
 import subprocess
 import sys
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -79,21 +78,33 @@ class Stage:
     seconds: float
 
 
+#: Runs the stage (argv[3:]) as its child with a time limit (argv[2] seconds) and writes the peak RSS of its
+#: children in KiB to argv[1]. The stage is not forked from pytest itself: Linux carries the memory high-water mark
+#: of the address space a process had before ``exec`` into its ``ru_maxrss``, so a stage forked from a test process
+#: of 2 GB (the whole suite's pytest) reads as 2 GB whatever it used. Forked from this small launcher instead, it
+#: starts from the launcher's few MB. The launcher runs isolated (``-I``: no ``PYTHONPATH``, so no audit hook of
+#: its own); the stage inherits the environment unchanged.
+PEAK_RSS_LAUNCHER = """
+import resource, subprocess, sys
+try:
+    rc = subprocess.call(sys.argv[3:], timeout=float(sys.argv[2]))
+except subprocess.TimeoutExpired:
+    rc = -9
+open(sys.argv[1], "w").write(str(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss))
+sys.exit(rc if rc >= 0 else 128 - rc)
+"""
+
+
 def run_stage(args: list[str], env: dict, cwd: Path, timeout: float = 600) -> Stage:
-    """One CLI call in a subprocess; its peak memory from wait4 (max RSS over it and its waited-for children)."""
-    out, err = cwd.parent / "stdout.txt", cwd.parent / "stderr.txt"
+    """One CLI call in a subprocess; its peak memory: the max RSS over it and its waited-for children
+    (:data:`PEAK_RSS_LAUNCHER`)."""
+    out, err, peak = (cwd.parent / f"{n}.txt" for n in ("stdout", "stderr", "peak_rss"))
     with open(out, "wb") as o, open(err, "wb") as e:
         start = time.perf_counter()
-        proc = subprocess.Popen([sys.executable, "-m", "mme3dr.cli", *args], stdout=o, stderr=e, env=env, cwd=cwd)
-        timer = threading.Timer(timeout, proc.kill)
-        timer.start()
-        try:
-            _, status, usage = os.wait4(proc.pid, 0)
-        finally:
-            timer.cancel()
-        proc.returncode = os.waitstatus_to_exitcode(status)
+        proc = subprocess.run([sys.executable, "-I", "-c", PEAK_RSS_LAUNCHER, str(peak), str(timeout), sys.executable,
+                               "-m", "mme3dr.cli", *args], stdout=o, stderr=e, env=env, cwd=cwd)
         seconds = time.perf_counter() - start
-    return Stage(args, proc.returncode, out.read_text(), err.read_text(), usage.ru_maxrss * 1024, seconds)
+    return Stage(args, proc.returncode, out.read_text(), err.read_text(), int(peak.read_text()) * 1024, seconds)
 
 
 def stage_env(audit: Path, scratch: Path) -> dict:
