@@ -192,6 +192,8 @@ def validate(run: Annotated[Path, typer.Argument(help="Run folder written by `mm
 
 PresetOpt = Annotated[str, typer.Option("--preset", "-p", help="Render preset (see `mme3dr presets`).")]
 WorkersOpt = Annotated[int, typer.Option("--workers", "-j", min=1, help="Rendering processes.")]
+ScoreWorkersOpt = Annotated[int, typer.Option(
+    "--workers", "-j", min=1, help="Processes for the CPU-only metrics (geometry); 1 scores in this process.")]
 BackendOpt = Annotated[Optional[str], typer.Option(
     "--backend", help="OpenGL backend: egl or osmesa (default: auto, or MME3DR_GL_BACKEND).")]
 
@@ -309,6 +311,7 @@ def score(
     source: Annotated[Optional[str], typer.Option(
         "--source", help="Prompt set whose checklists the VLM judge asks (default: the set the run was generated "
                          "from, recorded in RUN/run.json).")] = None,
+    workers: ScoreWorkersOpt = DEFAULTS.score_workers,
     progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
 ) -> None:
     """Score a run: per-prompt records to RUN/scores.jsonl, set metrics to RUN/set_scores.json.
@@ -325,7 +328,7 @@ def score(
     p = _preset(preset)
     built = build_metrics(metrics.split(","), p, reference, options)
     with run_lock(run):
-        summary = score_run(run, metrics.split(","), p, reference, options, progress, built, source)
+        summary = score_run(run, metrics.split(","), p, reference, options, progress, built, source, workers)
     for line in summary.lines():
         err.print(line, highlight=False, markup=False, soft_wrap=True)
 
@@ -351,7 +354,9 @@ def evaluate(
     dinov2_model: Dinov2Opt = DEFAULTS.dinov2_model,
     vlm_model: VlmModelOpt = DEFAULTS.vlm_model,
     vlm_server: VlmServerOpt = None,
-    workers: WorkersOpt = 1,
+    workers: Annotated[Optional[int], typer.Option(
+        "--workers", "-j", min=1, help=f"Processes for rendering and for the CPU-only metrics (geometry) [default: 1 "
+                                       f"for rendering, {DEFAULTS.score_workers} for geometry].")] = None,
     retry_failed: Annotated[bool, typer.Option(help="Generate prompts that failed in an earlier call again.")] = False,
     report: Annotated[bool, typer.Option(help="Write RUN/report/ at the end.")] = True,
     progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
@@ -367,8 +372,8 @@ def evaluate(
     options = _score_options(device, batch_size, clip_model, clip_pretrained, clip_weights, inception_weights,
                              dinov2_model, vlm_model, vlm_server)
     summary = run_evaluate(model, out_dir, parse_model_args(model_arg or []), metrics.split(","), reference, category,
-                           limit, seed, _preset(preset, resolution=resolution), options, source, workers, report,
-                           progress, retry_failed)
+                           limit, seed, _preset(preset, resolution=resolution), options, source, workers or 1, report,
+                           progress, retry_failed, workers or DEFAULTS.score_workers)
     for line in summary.lines():
         err.print(line, highlight=False, markup=False, soft_wrap=True)
 

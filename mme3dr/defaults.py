@@ -7,9 +7,18 @@ the files inside a run folder are not options: they live in :mod:`mme3dr.runfile
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
+
+
+def _usable_cpus() -> int:
+    """CPU cores this process may run on (its affinity mask where the platform has one, else ``os.cpu_count()``)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
 
 
 @dataclass(frozen=True)
@@ -56,6 +65,12 @@ class Defaults:
     clip_pretrained: str = "openai"
     #: DINOv2 backbone of the kid_dinov2 / fid_dinov2 / ar3d_compat_kd metrics (hub id or local folder).
     dinov2_model: str = "facebook/dinov2-base"
+    #: Worker processes of the CPU-only per-prompt metrics (``geometry``) in `mme3dr score` / `evaluate` (``-j``)
+    #: and :func:`mme3dr.scoring.score_run`: half the usable CPU cores, at most 8, at least 1 (1 scores in the
+    #: calling process, with no pool). Each worker imports the package and starts its own asset-loading process
+    #: (with the loading budget above) in a few seconds; on the 2-core CPU machine two workers were slower than one
+    #: (benchmarks/results/eval_cpu*.json), so the default there is 1.
+    score_workers: int = max(1, min(_usable_cpus() // 2, 8))
     #: Images per forward pass for feature extractors (does not change any score).
     batch_size: int = 32
     #: VLM judge: model id (or local path), how many views go into one query, and the elevation of the target

@@ -65,8 +65,9 @@ def evaluate(model: str, out: Path | str, model_args: dict[str, Any] | None = No
              categories: Sequence[str] | None = None, limit: int | None = None, seed: int = DEFAULTS.seed,
              preset: RenderPreset | None = None, options: ScoreOptions | None = None, source: str | None = None,
              workers: int = 1, report: bool = True, progress: bool = True,
-             retry_failed: bool = False) -> EvaluationSummary:
-    """Run the whole benchmark for one model into ``out`` (see the module docstring).
+             retry_failed: bool = False, score_workers: int = DEFAULTS.score_workers) -> EvaluationSummary:
+    """Run the whole benchmark for one model into ``out`` (see the module docstring). ``workers``: rendering
+    processes; ``score_workers``: processes of the CPU-only metrics (geometry; :func:`~mme3dr.scoring.score_run`).
 
     Before anything is written (the run folder is not even created), the prompts, the model and its arguments, the
     reference set and every weight are checked; all missing weights (the generator's and every metric's) are named
@@ -96,7 +97,7 @@ def evaluate(model: str, out: Path | str, model_args: dict[str, Any] | None = No
         ren = render_run(out, preset, workers=workers, progress=progress)
         timings["render"] = time.perf_counter() - t
         t = time.perf_counter()
-        sco = score_run(out, metrics, preset, reference, options, progress, built)
+        sco = score_run(out, metrics, preset, reference, options, progress, built, workers=score_workers)
         timings["score"] = time.perf_counter() - t
         report_dir = None
         if report:

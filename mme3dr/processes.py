@@ -1,7 +1,7 @@
-"""Processes the toolkit starts: render workers that leave the user's script alone, and generator programs whose
-lifetime is tied to ours.
+"""Processes the toolkit starts: render and geometry-scoring workers that leave the user's script alone, and
+generator programs whose lifetime is tied to ours.
 
-Rendering uses a ``spawn`` process pool (an EGL/OSMesa context does not survive ``fork``). A spawned child normally
+Rendering and the CPU-only metrics use a ``spawn`` process pool (an EGL/OSMesa context does not survive ``fork``). A spawned child normally
 re-imports the parent's ``__main__`` module, so a plain script that calls ``render_run(..., workers=4)`` without an
 ``if __name__ == "__main__":`` guard would run again in every worker (which then tries to start workers of its own).
 The workers here run only functions of this package and never need the user's ``__main__``; :func:`spawn_pool` starts
@@ -66,6 +66,20 @@ def spawn_pool(workers: int, initializer: Callable[..., Any] | None = None,
         finally:
             pool.terminate()
             pool.join()
+
+
+def tie_to_parent(parent: int) -> None:
+    """Call first thing in a pool worker (an ``initializer``): on Linux the kernel SIGKILLs this process when
+    ``parent`` (the pid that started the pool) dies, even by SIGKILL, so no worker is left waiting for tasks for
+    ever; if ``parent`` is already gone, exit at once. Elsewhere nothing happens."""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent:
+        os._exit(1)
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -15,8 +15,9 @@ of generated objects (:mod:`mme3dr.metrics.fidelity`), each with its paper-style
 from __future__ import annotations
 
 import dataclasses
+import os
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -195,10 +196,16 @@ def build_metrics(metrics: Sequence[str], preset: RenderPreset, reference: Path 
 
 def score_run(run_dir: Path | str, metrics: Sequence[str], preset: RenderPreset, reference: Path | str | None = None,
               options: ScoreOptions | None = None, progress: bool = True,
-              built: BuiltMetrics | None = None, source: str | None = None) -> ScoreSummary:
+              built: BuiltMetrics | None = None, source: str | None = None,
+              workers: int = DEFAULTS.score_workers) -> ScoreSummary:
     """Score a run with ``metrics`` (names registered in :data:`~mme3dr.metrics.specs.METRICS`); ``built`` reuses
     :func:`build_metrics` output. Checklists come from the run's own prompt set (``run.json``), or from
-    ``source`` (a prompt file, dataset folder or hub id) when given; see :func:`run_checklists`."""
+    ``source`` (a prompt file, dataset folder or hub id) when given; see :func:`run_checklists`.
+
+    ``workers``: processes for the metrics that are pure CPU work (``PromptMetric.in_processes``: geometry); see
+    :func:`_results`. Records, their order and their values are the same for every ``workers``."""
+    if workers < 1:
+        raise InputError(f"workers must be at least 1, got {workers}")
     run_dir, options = Path(run_dir), options or ScoreOptions()
     metrics = parse_metrics(metrics)
     items, refused = _items(run_dir, preset, any(get_metric(m).uses_checklist for m in metrics), source)
@@ -212,32 +219,77 @@ def score_run(run_dir: Path | str, metrics: Sequence[str], preset: RenderPreset,
     for name, metric in built.prompt.items():
         chash = metric.config_hash()
         summary.scored[name], summary.skipped[name], summary.errors[name] = 0, 0, list(refused.items())
-        for item, render in tqdm(items, desc=name, unit="prompt", disable=not progress):
+        plan: list[tuple[ScoreItem, tuple, MetricResult | None]] = []  # (item, cache key, error found up front)
+        for item, render in items:
             sha = (render or {}).get("asset_sha256")
             if sha is None and metric.needs == "asset" and _hashable(item.asset_path):
                 sha = file_sha256(item.asset_path)  # asset metrics need no render to be cached
             key = (item.prompt_id, name, chash, preset.hash if metric.needs == "renders" else None, sha)
             if sha is not None and key in done:
                 summary.skipped[name] += 1
-                continue
-            start = time.perf_counter()
-            if metric.needs == "renders" and item.render_dir is None:
-                result = MetricResult(error=f"not rendered with preset {preset.tag}; run `mme3dr render {run_dir} "
-                                            f"--preset {preset.name}` first")
+            elif metric.needs == "renders" and item.render_dir is None:
+                plan.append((item, key, MetricResult(error=f"not rendered with preset {preset.tag}; run `mme3dr "
+                                                           f"render {run_dir} --preset {preset.name}` first")))
             else:
-                [result] = metric.score_many([item])
-            append_score(run_dir, ScoreRecord(item.prompt_id, name, item.category, chash, metric.config(), key[3], sha,
-                                              dict(metric.directions), **asdict(result),
-                                              seconds=round(time.perf_counter() - start, 4)))
-            if result.error:
-                summary.errors[name].append((item.prompt_id, result.error))
-            else:
-                summary.scored[name] += 1
+                plan.append((item, key, None))
+        results = _results(metric, [item for item, _, failed in plan if failed is None], workers)
+        bar = tqdm(total=len(items), initial=summary.skipped[name], desc=name, unit="prompt", disable=not progress)
+        try:
+            for item, key, failed in plan:
+                result, seconds = next(results) if failed is None else (failed, 0.0)
+                append_score(run_dir, ScoreRecord(item.prompt_id, name, item.category, chash, metric.config(), key[3],
+                                                  key[4], dict(metric.directions), **asdict(result),
+                                                  seconds=round(seconds, 4)))
+                if result.error:
+                    summary.errors[name].append((item.prompt_id, result.error))
+                else:
+                    summary.scored[name] += 1
+                bar.update(1)
+        finally:
+            bar.close()
+            results.close()  # ends the worker pool, if any, also when a record cannot be written
     keep_latest_scores(run_dir)  # one record per (prompt, metric): the latest
     set_names = _set(metrics)
     if set_names:
         summary.set_scores = score_sets(run_dir, items, ref_folder, set_names, preset, built.extractors, progress)
     return summary
+
+
+def _results(metric: PromptMetric, items: list[ScoreItem], workers: int) -> Iterator[tuple[MetricResult, float]]:
+    """``(result, seconds)`` of each item, in the order of ``items`` (``metric.score_many`` on one item at a time,
+    so one item's failure is its own error).
+
+    With ``workers > 1``, a metric that is pure CPU work (``metric.in_processes``) and more than one item, the
+    items are scored in a :func:`~mme3dr.processes.spawn_pool` of ``min(workers, len(items))`` processes, each
+    holding a copy of ``metric`` and loading assets through its own budgeted loader
+    (:func:`mme3dr.assets.load_asset`), and the results come back in order; otherwise in this process.
+    """
+    if workers <= 1 or len(items) <= 1 or not metric.in_processes:
+        for item in items:
+            start = time.perf_counter()
+            [result] = metric.score_many([item])
+            yield result, time.perf_counter() - start
+        return
+    from mme3dr.processes import spawn_pool
+
+    with spawn_pool(min(workers, len(items)), _init_scorer, (metric, os.getpid())) as pool:
+        yield from pool.imap(_score_in_worker, items)
+
+
+_scorer: dict[str, PromptMetric] = {}
+
+
+def _init_scorer(metric: PromptMetric, parent: int) -> None:
+    from mme3dr.processes import tie_to_parent
+
+    tie_to_parent(parent)
+    _scorer["metric"] = metric
+
+
+def _score_in_worker(item: ScoreItem) -> tuple[MetricResult, float]:
+    start = time.perf_counter()
+    [result] = _scorer["metric"].score_many([item])
+    return result, time.perf_counter() - start
 
 
 def _reference_folder(reference: Path | str, preset: RenderPreset) -> Path:

@@ -76,6 +76,9 @@ class PromptMetric(ABC):
     needs: ClassVar[str] = "renders"
     #: For each key of MetricResult.values: "higher" or "lower" is better.
     directions: ClassVar[dict[str, str]] = {}
+    #: True for pure CPU work with no model (e.g. geometry): the scoring stage may score items in worker processes
+    #: (:func:`mme3dr.scoring.score_run`, ``workers``), so the metric object must pickle and score the same there.
+    in_processes: ClassVar[bool] = False
 
     @abstractmethod
     def config(self) -> dict[str, Any]:

@@ -94,6 +94,7 @@ class GeometryMetric(PromptMetric):
 
     name = "geometry"
     needs = "asset"
+    in_processes = True
     directions: ClassVar[dict[str, str]] = {
         "watertight": HIGHER,
         "components": LOWER,
