@@ -355,8 +355,8 @@ def evaluate(
     vlm_model: VlmModelOpt = DEFAULTS.vlm_model,
     vlm_server: VlmServerOpt = None,
     workers: Annotated[Optional[int], typer.Option(
-        "--workers", "-j", min=1, help=f"Processes for rendering and for the CPU-only metrics (geometry) [default: 1 "
-                                       f"for rendering, {DEFAULTS.score_workers} for geometry].")] = None,
+        "--workers", "-j", min=1, help=f"Processes for rendering and for the CPU-only metrics (geometry); default: 1 "
+                                       f"for rendering, {DEFAULTS.score_workers} for geometry.")] = None,
     retry_failed: Annotated[bool, typer.Option(help="Generate prompts that failed in an earlier call again.")] = False,
     report: Annotated[bool, typer.Option(help="Write RUN/report/ at the end.")] = True,
     progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
