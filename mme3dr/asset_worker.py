@@ -18,13 +18,13 @@ raised again in the caller. The budget of one request:
   checked before parsing too: :mod:`mme3dr.asset_files`).
 
 The child dies with its caller: it exits at end of file on its request pipe, and on Linux the kernel sends it
-SIGKILL when the caller dies (``PR_SET_PDEATHSIG``, which fires when the *thread* that started the child ends: a
-worker is best started and used from one long-lived thread, as every caller in this package does).
+SIGKILL when the caller dies (:func:`mme3dr.processes.tie_to_parent`: ``PR_SET_PDEATHSIG``, which fires when
+the *thread* that started the child ends: a worker is best started and used from one long-lived thread, as every
+caller in this package does).
 """
 
 from __future__ import annotations
 
-import ctypes
 import os
 import pickle
 import signal
@@ -39,7 +39,6 @@ from typing import Any
 
 from mme3dr.defaults import DEFAULTS
 
-_PR_SET_PDEATHSIG = 1
 _READY = b"ready"
 _STARTUP_S = 600.0  # imports only; far above the ~1 s they take
 
@@ -193,15 +192,6 @@ def shared_worker() -> BudgetedWorker:
 # ----------------------------------------------------------------------------------------------------- the child
 
 
-def _die_with_parent(parent: int) -> None:
-    try:
-        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-    except (OSError, AttributeError):  # not Linux: end of file on the request pipe still ends the child
-        pass
-    if os.getppid() != parent:  # the parent died before the request above took effect
-        os._exit(0)
-
-
 def _limit_address_space(memory_mb: int) -> None:
     try:
         import resource
@@ -239,7 +229,9 @@ def _serve(requests: Connection, answers: Connection) -> None:
 
 def main(argv: list[str]) -> None:
     req_fd, res_fd, parent, memory_mb = (int(a) for a in argv)
-    _die_with_parent(parent)
+    from mme3dr.processes import tie_to_parent
+
+    tie_to_parent(parent)  # not Linux: end of file on the request pipe still ends the child
     import numpy  # noqa: F401 - imported before the limit, so the baseline includes them
     import trimesh  # noqa: F401
     from PIL import Image
