@@ -6,7 +6,8 @@
 #                                           for MINUTES each; then evaluate them and the SFT checkpoint, tabulate
 #   bash benchmarks/rl_gpu.sh launch OUT    calibrate (learning rate, steps), then start every seed and ablation
 #   bash benchmarks/rl_gpu.sh finish OUT    wait for the runs, evaluate them and the SFT checkpoint, tabulate
-#   bash benchmarks/rl_gpu.sh ddp OUT       data-parallel throughput and reward curve: 1 GPU vs 2 GPUs
+#   bash benchmarks/rl_gpu.sh ddp OUT       data-parallel throughput and reward curves: 1 GPU vs 2 GPUs, global
+#                                           batch fixed (DDP_P prompts a step, DDP_STEPS steps)
 #
 # Every stage is idempotent (runs resume from their state.pt); WAIT (minutes) bounds how long launch/finish wait.
 set -euo pipefail
@@ -52,12 +53,23 @@ case $stage in
     $exp table --out "$out"
     ;;
   ddp)
-    lr=$(python3 -c "import json; print(json.load(open('$out/calibration.json'))['learning_rate'])")
-    steps=$(python3 -c "import json; print(json.load(open('$out/calibration.json'))['steps'])")
-    python3 -m reference_policy.rl.train --out "$out/ddp1" --device cuda:0 --seed 0 --steps "${DDP_STEPS:-20}" \
-      --learning-rate "$lr" "${common[@]}"
-    python3 -m torch.distributed.run --standalone --nproc_per_node 2 -m reference_policy.rl.train \
-      --out "$out/ddp2" --device cuda --seed 0 --steps "$steps" --learning-rate "$lr" "${common[@]}"
+    # Data-parallel Hi-GRPO with the global batch held fixed (P prompts x G samples a step), for each P of DDP_P:
+    # seed 0 alone on cuda:0 (throughput) while seeds 1 and 2 share cuda:1 (the seed spread of the reward
+    # curves), then seed 0 on both GPUs through torchrun (NCCL). Then tabulate (benchmarks/rl_ddp_report.py).
+    steps=${DDP_STEPS:-10}
+    for p in ${DDP_P:-32}; do
+      args=(--steps "$steps" --prompts-per-step "$p" --max-minutes "${DDP_MINUTES:-4}" "${common[@]}")
+      python3 -m reference_policy.rl.train --out "$out/p$p-gpu1-s0" --device cuda:0 --seed 0 "${args[@]}" \
+        > "$out/p$p-gpu1-s0.out" 2>&1 &
+      for s in 1 2; do
+        python3 -m reference_policy.rl.train --out "$out/p$p-gpu1-s$s" --device cuda:1 --seed "$s" "${args[@]}" \
+          > "$out/p$p-gpu1-s$s.out" 2>&1 &
+      done
+      wait
+      python3 -m torch.distributed.run --standalone --nproc_per_node 2 -m reference_policy.rl.train \
+        --out "$out/p$p-gpu2-s0" --device cuda --seed 0 "${args[@]}" > "$out/p$p-gpu2-s0.out" 2>&1
+    done
+    python3 benchmarks/rl_ddp_report.py "$out"
     ;;
   *) echo "unknown stage $stage" >&2; exit 2 ;;
 esac
