@@ -54,20 +54,22 @@ case $stage in
     ;;
   ddp)
     # Data-parallel Hi-GRPO with the global batch held fixed (P prompts x G samples a step), for each P of DDP_P:
-    # seed 0 alone on cuda:0 (throughput) while seeds 1 and 2 share cuda:1 (the seed spread of the reward
-    # curves), then seed 0 on both GPUs through torchrun (NCCL). Then tabulate (benchmarks/rl_ddp_report.py).
-    steps=${DDP_STEPS:-10}
+    # seed 0 alone on cuda:0, then seed 0 on both GPUs through torchrun (NCCL): the throughput pair, each run alone
+    # on the machine, with the same intra-op threads per process (torchrun's default would be 1); then seeds 1 and 2,
+    # one per GPU, for the seed spread of the reward curves. Then tabulate (benchmarks/rl_ddp_report.py).
+    export OMP_NUM_THREADS=${OMP_NUM_THREADS:-8}
+    steps=${DDP_STEPS:-8}
     for p in ${DDP_P:-32}; do
       args=(--steps "$steps" --prompts-per-step "$p" --max-minutes "${DDP_MINUTES:-4}" "${common[@]}")
       python3 -m reference_policy.rl.train --out "$out/p$p-gpu1-s0" --device cuda:0 --seed 0 "${args[@]}" \
-        > "$out/p$p-gpu1-s0.out" 2>&1 &
-      for s in 1 2; do
-        python3 -m reference_policy.rl.train --out "$out/p$p-gpu1-s$s" --device cuda:1 --seed "$s" "${args[@]}" \
-          > "$out/p$p-gpu1-s$s.out" 2>&1 &
-      done
-      wait
+        > "$out/p$p-gpu1-s0.out" 2>&1
       python3 -m torch.distributed.run --standalone --nproc_per_node 2 -m reference_policy.rl.train \
         --out "$out/p$p-gpu2-s0" --device cuda --seed 0 "${args[@]}" > "$out/p$p-gpu2-s0.out" 2>&1
+      for s in 1 2; do
+        python3 -m reference_policy.rl.train --out "$out/p$p-gpu1-s$s" --device "cuda:$((s - 1))" --seed "$s" \
+          "${args[@]}" > "$out/p$p-gpu1-s$s.out" 2>&1 &
+      done
+      wait
     done
     python3 benchmarks/rl_ddp_report.py "$out"
     ;;
