@@ -107,9 +107,11 @@ def reference_set(folder: Path, preset, n_objects: int, workers: int) -> Path:
 
 
 def image_models(a, folder: Path):
-    """ScoreOptions for the image metrics from the command line (None: no image models asked for)."""
+    """(ScoreOptions, kind) for the image metrics from the command line ((None, None): no image models asked for)."""
+    from mme3dr.defaults import DEFAULTS
     from mme3dr.metrics.specs import ScoreOptions
 
+    a.batch_size = a.batch_size or DEFAULTS.batch_size
     folder.mkdir(parents=True, exist_ok=True)
     opts = dict(device=a.device, batch_size=a.batch_size)
     if a.decode_threads:
@@ -188,17 +190,12 @@ def compare(a_path: Path, b_path: Path) -> None:
                       "peak_gpu_mb": [a.get("peak_gpu_mb"), b.get("peak_gpu_mb")]}, indent=1))
 
 
-def parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def add_shared_options(ap: argparse.ArgumentParser) -> None:
+    """The options eval_bench.py and evalpy_loop.py share: the synthetic assets and the image models."""
     ap.add_argument("--prompts", type=int, default=24)
-    ap.add_argument("--workers", type=int, nargs="+", default=[1, 2], help="geometry worker counts to time")
-    ap.add_argument("--render-workers", "-j", type=int, default=1)
-    ap.add_argument("--render-prompts", type=int, default=None,
-                    help="render only this many prompts and copy their renders to the others")
     ap.add_argument("--views", type=int, default=24)
     ap.add_argument("--resolution", type=int, default=512)
     ap.add_argument("--subdivisions", type=int, default=4, help="of the bumpy spheres (every 4th mesh)")
-    ap.add_argument("--tiny-clip", action="store_true", help="also time the clip stage with the tests' tiny CLIP")
     models = ap.add_argument_group("image metrics (CLIP, KID, FID, KID-DINOv2)")
     models.add_argument("--tiny-models", action="store_true", help="the tests' tiny models (CPU)")
     models.add_argument("--random-weights", action="store_true", help="full-size models with random weights")
@@ -209,11 +206,30 @@ def parser() -> argparse.ArgumentParser:
     models.add_argument("--batch-size", type=int, default=None, help="images per forward pass (default: DEFAULTS)")
     models.add_argument("--decode-threads", type=int, default=None, help="view-decoding threads (default: DEFAULTS)")
     models.add_argument("--ref-objects", type=int, default=40, help="synthetic reference objects")
-    ap.add_argument("--compare", nargs=2, type=Path, metavar=("A.json", "B.json"),
-                    help="print the peak-RSS ratio of two results and exit")
     ap.add_argument("--note", default="", help="free text stored in the JSON (e.g. how busy the machine was)")
     ap.add_argument("--out", type=Path, default=None)
+
+
+def parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_shared_options(ap)
+    ap.add_argument("--workers", type=int, nargs="+", default=[1, 2], help="geometry worker counts to time")
+    ap.add_argument("--render-workers", "-j", type=int, default=1)
+    ap.add_argument("--render-prompts", type=int, default=None,
+                    help="render only this many prompts and copy their renders to the others")
+    ap.add_argument("--tiny-clip", action="store_true", help="also time the clip stage with the tests' tiny CLIP")
+    ap.add_argument("--compare", nargs=2, type=Path, metavar=("A.json", "B.json"),
+                    help="print the peak-RSS ratio of two results and exit")
     return ap
+
+
+def write_result(result: dict, out: Path | None) -> None:
+    result["machine"]["load_average_end"] = [round(x, 2) for x in os.getloadavg()]
+    text = json.dumps(result, indent=1)
+    print(text)
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(text + "\n")
 
 
 def machine() -> dict:
@@ -320,7 +336,6 @@ def main() -> None:
     from mme3dr.report import build_report
     from mme3dr.scoring import score_run
 
-    a.batch_size = a.batch_size or DEFAULTS.batch_size
     preset = get_preset(DEFAULTS.preset).with_overrides(resolution=a.resolution, n_views=a.views)
     result: dict = {"machine": machine(), "prompts": a.prompts, "sphere_subdivisions": a.subdivisions,
                     "views": preset.n_views, "resolution": preset.resolution, "render_workers": a.render_workers,
@@ -365,12 +380,7 @@ def main() -> None:
         build_report([run], Path(tmp) / "report")
         stages["report"] = round(time.perf_counter() - t, 3)
     result["peak_rss_mb"] = _peak_rss_mb()
-    result["machine"]["load_average_end"] = [round(x, 2) for x in os.getloadavg()]
-    text = json.dumps(result, indent=1)
-    print(text)
-    if a.out is not None:
-        a.out.parent.mkdir(parents=True, exist_ok=True)
-        a.out.write_text(text + "\n")
+    write_result(result, a.out)
 
 
 if __name__ == "__main__":
