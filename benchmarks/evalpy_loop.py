@@ -96,8 +96,9 @@ def main() -> None:
         for name, k in SET_KINDS.items():
             g, r = gen_feats[k], ref_feats[k]
             if name.startswith("kid"):
+                size = default_subset_size(len(g), len(r))
                 sets[name] = {"value": kid_by_object(g, r, gl, rl).value,
-                              "paper_value": kid_from_features(g, r, subset_size=default_subset_size(len(g), len(r)))[0]}
+                              "paper_value": kid_from_features(g, r, subset_size=size)[0]}
             else:
                 sets[name] = {"value": fid_by_object(g, r, gl, rl).value}
         result["set_metrics_s"] = round(time.perf_counter() - t, 3)
