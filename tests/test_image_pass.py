@@ -258,3 +258,26 @@ def test_views_stream_in_order_with_bounded_prefetch(tmp_path, monkeypatch):
         assert np.array_equal(group.views[0].rgb, expected.rgb)
         assert np.array_equal(group.views[0].resized[8], expected.resized[8])
     assert consumed == 90
+
+
+def test_non_square_views_take_the_models_own_transform(setup, tmp_path):
+    """A non-square view is not the shared square resize for CLIP: it goes through open_clip's transform (resize of
+    the short side, centre crop), image by image, and scores what open_clip itself gives."""
+    from mme3dr.metrics.base import ScoreItem
+    from mme3dr.metrics.clip import ClipScore
+
+    _, _, opts = setup
+    rng = np.random.default_rng(2)
+    for i in range(3):
+        rgba = (rng.random((40, 64, 4)) * 255).astype(np.uint8)
+        rgba[..., 3] = np.where(rng.random((40, 64)) > 0.3, 255, 0)
+        Image.fromarray(rgba, "RGBA").save(tmp_path / f"{i:03d}.png")
+    item = ScoreItem("x", "spatial", "A wide wooden bench.", render_dir=tmp_path)
+    res = ClipScore(tiny_clip.TINY_CLIP, opts.clip_pretrained, device="cpu").score(item)
+    model, _, preprocess = open_clip.create_model_and_transforms(tiny_clip.TINY_CLIP, pretrained=opts.clip_pretrained)
+    model.eval()
+    with torch.no_grad():
+        img = model.encode_image(torch.stack([preprocess(v) for v in item.views()]))
+        txt = model.encode_text(open_clip.get_tokenizer(tiny_clip.TINY_CLIP)([item.prompt]))
+    expected = 100 * (img / img.norm(dim=-1, keepdim=True) @ (txt / txt.norm(dim=-1, keepdim=True)).T)[:, 0]
+    np.testing.assert_allclose(res.per_view["clip"], expected.numpy(), atol=1e-4)
