@@ -452,6 +452,11 @@ class SetInputs:
             for cache in caches:
                 cache.save()
 
+    def release(self, kind: str) -> None:
+        """Drop the in-memory caches of ``kind`` (saved first), once their features have been read."""
+        for cache in self.caches.pop(kind):
+            cache.save()
+
 
 def fill_features(sets: SetInputs, extractors: dict[str, Any], options: ScoreOptions | None = None,
                   progress: bool = True) -> None:
@@ -516,6 +521,7 @@ def score_sets(run_dir: Path, items: list[tuple[ScoreItem, dict | None]], ref_fo
             ext = extractors[kind]
             # float32 as the models computed them; the distances work in float64 (np.asarray there)
             gen_feats, ref_feats = sets.caches[kind][0].get(gen_keys), sets.caches[kind][1].get(ref_keys)
+            sets.release(kind)  # the stacked arrays are all that is used from here on
             width = max(gen_feats.shape[1], ref_feats.shape[1])  # an empty side comes back as (0, 0)
             feats[kind] = (ext.weights_id, gen_feats.reshape(-1, width), ref_feats.reshape(-1, width))
         weights_id, g_all, r_all = feats[kind]
@@ -527,7 +533,8 @@ def score_sets(run_dir: Path, items: list[tuple[ScoreItem, dict | None]], ref_fo
         for group, gen_ids in tqdm(groups.items(), desc=name, disable=not progress):
             ref_ids = ref_all if group == "overall" or not ref_subsets[group] else ref_subsets[group]
             g_rows, r_rows = np.isin(gen_labels, gen_ids), np.isin(ref_labels, ref_ids)
-            g, r = g_all[g_rows], r_all[r_rows]
+            g = g_all if g_rows.all() else g_all[g_rows]  # no copy of the whole set for "overall"
+            r = r_all if r_rows.all() else r_all[r_rows]
             entry = SetScore("all" if ref_ids is ref_all else group, len(gen_ids), len(g), len(ref_ids), len(r))
             try:
                 if dist == "kid":

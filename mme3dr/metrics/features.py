@@ -241,5 +241,5 @@ class FeatureCache:
         keys = list(self._store)
         buf = io.BytesIO()
         np.savez(buf, keys=np.array(keys), features=np.stack([self._store[k] for k in keys]))
-        atomic_write_bytes(self.path, buf.getvalue())
+        atomic_write_bytes(self.path, buf.getbuffer())  # a view of the buffer: no second copy of the features
         self._dirty = False
