@@ -291,7 +291,8 @@ def score_images(run_dir: Path, prompt: dict[str, tuple[Any, Plan]], items: list
     :class:`~mme3dr.metrics.clip.ClipScore`) get their records appended, in
     prompt order, as soon as all views of a prompt are embedded; the feature caches in ``sets`` get the features of
     the generated and reference views they lack (saved at the end). A view that cannot be read gives its prompt's
-    error in the CLIP records; its features stay missing (:func:`score_sets` then names the file)."""
+    error in the CLIP records; its features stay missing (:func:`score_sets` then names the file). The ``seconds``
+    of such a record is the wall time from the previous prompt's result to its own: its share of the batched pass."""
     from mme3dr.metrics.image_pass import ViewJob, run_image_pass
 
     todo = {name: {item.prompt_id: (key, failed) for item, key, failed in plan} for name, (_, plan) in prompt.items()}
@@ -324,14 +325,15 @@ def score_images(run_dir: Path, prompt: dict[str, tuple[Any, Plan]], items: list
                 if item is None or item.prompt_id not in todo[name]:
                     continue
                 key, failed = todo[name][item.prompt_id]
-                if failed is None and res.error is not None:
-                    failed = MetricResult(error=describe(res.error))
+                exc = res.error or res.failed.get(name)
+                if failed is None and exc is not None:
+                    failed = MetricResult(error=describe(exc))
                 result = failed or metric.result(item, res.embeddings[name], texts[name][res.index])
                 _record(run_dir, metric, item, key, result, res.seconds if failed is None else 0.0, summary)
             if sets is not None and res.error is None:
                 label = f"gen:{item.prompt_id}" if item is not None else refs[res.index - len(items)]
                 for kind in res.job.models:
-                    if kind in sets.caches:
+                    if kind in sets.caches and kind in res.embeddings:
                         sets.store(label, kind, res.embeddings[kind])
             bar.update(1)
     finally:
@@ -471,8 +473,11 @@ def fill_features(sets: SetInputs, extractors: dict[str, Any], options: ScoreOpt
         for res in tqdm(run_image_pass(jobs, {k: extractors[k] for k in sets.caches}, options.batch_size,
                                        options.decode_threads), total=len(jobs), desc="features", unit="object",
                         disable=not progress):
-            if res.error is not None:
+            if res.error is not None or res.failed:
                 _, d, _ = sets.gen.get(labels[res.index]) or sets.ref[labels[res.index]]
+                if res.error is None:
+                    kind, exc = next(iter(res.failed.items()))
+                    raise InputError(f"{d}: the {kind} features of its views failed ({describe(exc)})") from exc
                 raise InputError(f"{d}: a view cannot be read ({describe(res.error)}); render this object again "
                                  "(`mme3dr render` / `mme3dr references build`) before scoring set metrics")
             for kind in res.job.models:

@@ -281,3 +281,36 @@ def test_non_square_views_take_the_models_own_transform(setup, tmp_path):
         txt = model.encode_text(open_clip.get_tokenizer(tiny_clip.TINY_CLIP)([item.prompt]))
     expected = 100 * (img / img.norm(dim=-1, keepdim=True) @ (txt / txt.norm(dim=-1, keepdim=True)).T)[:, 0]
     np.testing.assert_allclose(res.per_view["clip"], expected.numpy(), atol=1e-4)
+
+
+def test_a_model_failing_on_one_object_fails_that_object_for_that_model_only(tmp_path):
+    from mme3dr.metrics.image_pass import ViewJob, run_image_pass
+
+    jobs = []
+    for g in range(4):
+        paths = []
+        for v in range(3):
+            p = tmp_path / f"g{g}_{v}.png"
+            Image.new("RGB", (8, 8), (60 * g, 10, 10)).save(p)
+            paths.append(p)
+        jobs.append(ViewJob(tuple(paths), ("mean", "picky")))
+
+    class Mean:  # the mean colour of each view
+        sizes = ()
+
+        def embed(self, views):
+            return np.stack([v.rgb.reshape(-1, 3).mean(0) for v in views]).astype(np.float32)
+
+    class Picky(Mean):  # fails on any batch holding a view of object 2 (red 120)
+        def embed(self, views):
+            if any(v.rgb[0, 0, 0] == 120 for v in views):
+                raise RuntimeError("cannot embed this object")
+            return super().embed(views)
+
+    out = list(run_image_pass(jobs, {"mean": Mean(), "picky": Picky()}, batch_size=5, threads=2))
+    assert [r.index for r in out] == [0, 1, 2, 3] and all(r.error is None for r in out)
+    assert list(out[2].failed) == ["picky"] and "picky" not in out[2].embeddings
+    np.testing.assert_array_equal(out[2].embeddings["mean"][:, 0], [120, 120, 120])
+    for r in (out[0], out[1], out[3]):  # objects batched with object 2 are embedded again on their own
+        assert not r.failed and r.embeddings["picky"].shape == (3, 3)
+        np.testing.assert_array_equal(r.embeddings["picky"], r.embeddings["mean"])

@@ -203,7 +203,8 @@ class ClipScore(PromptMetric):
             except ValueError as exc:  # not rendered, or no views
                 jobs.append(ViewJob((), (self.name,), exc))
         texts = self.clip.embed_text([item.prompt for item in items]) if items else None
-        return [r.error if r.error is not None else self.result(items[r.index], r.embeddings[self.name], texts[r.index])
+        return [r.error or r.failed.get(self.name) or self.result(items[r.index], r.embeddings[self.name],
+                                                                  texts[r.index])
                 for r in run_image_pass(jobs, {self.name: self.clip}, self.clip.batch_size, self.threads)]
 
     def score(self, item: ScoreItem) -> MetricResult:

@@ -10,7 +10,8 @@ anything with :class:`ImageModel`'s two members: the resize sizes it reads and `
 
 The pass takes a list of jobs and returns results, so a caller may hand it any part of the work (one item, one
 shard of a run). An unreadable view fails its own job (``JobResult.error``); a model that fails on a batch is run
-again on each job's views of that batch alone, so only the jobs it fails on get the error.
+again on each job's views of that batch alone, so only the jobs it fails on get the error, for that model only
+(``JobResult.failed``).
 """
 
 from __future__ import annotations
@@ -50,7 +51,8 @@ class JobResult:
     index: int  # position of the job in ``jobs``
     job: ViewJob
     embeddings: dict[str, np.ndarray] = field(default_factory=dict)  # model name -> (views, d) float32
-    error: Exception | None = None
+    error: Exception | None = None  # the job's views could not be read (or its up-front error): no embeddings
+    failed: dict[str, Exception] = field(default_factory=dict)  # models that failed on this job's views
     #: Wall time from the previous result (or the start of the pass) to this one: the job's share of the pass.
     seconds: float = 0.0
 
@@ -69,6 +71,7 @@ def run_image_pass(jobs: Sequence[ViewJob], models: Mapping[str, ImageModel], ba
     rows: dict[int, dict[str, list[np.ndarray | None]]] = {}
     left: dict[int, int] = {}  # job -> views still to embed, over its models
     errors: dict[int, Exception] = {}
+    failed: dict[int, dict[str, Exception]] = {}
     state = {"next": 0, "clock": time.perf_counter()}
 
     def run(name: str, batch: list[tuple[int, int, ViewPixels]]) -> None:
@@ -81,7 +84,7 @@ def run_image_pass(jobs: Sequence[ViewJob], models: Mapping[str, ImageModel], ba
                 try:
                     parts.append((mine, models[name].embed([v for _, _, v in mine])))
                 except Exception as exc:
-                    errors.setdefault(job, exc)
+                    failed.setdefault(job, {}).setdefault(name, exc)
                     left[job] -= len(mine)
         for part, emb in parts:
             for (job, view, _), row in zip(part, emb):
@@ -91,11 +94,12 @@ def run_image_pass(jobs: Sequence[ViewJob], models: Mapping[str, ImageModel], ba
     def finished() -> Iterator[JobResult]:
         while state["next"] < len(jobs) and left.get(state["next"], -1) == 0:
             i = state["next"]
-            error = errors.pop(i, None)
-            emb = {} if error else {m: np.stack(r) if r else np.zeros((0, 0), np.float32) for m, r in rows[i].items()}
+            error, bad = errors.pop(i, None), failed.pop(i, {})
+            emb = {} if error else {m: np.stack(r) if r else np.zeros((0, 0), np.float32)
+                                    for m, r in rows[i].items() if m not in bad}
             rows.pop(i, None)
             now = time.perf_counter()
-            yield JobResult(i, jobs[i], emb, error, now - state["clock"])
+            yield JobResult(i, jobs[i], emb, error, bad, now - state["clock"])
             state["clock"], state["next"] = now, i + 1
 
     live = [i for i, j in enumerate(jobs) if j.error is None and j.models]
