@@ -4,9 +4,29 @@ Writes N small meshes (12 to 5,120 faces: bumpy spheres, boxes, a table with a f
 serves them through the ``folder`` adapter, and runs each stage of ``mme3dr evaluate`` through the Python API in
 one process, timing each. The geometry metric is scored once per ``--workers`` value, from an empty score log
 each time, and the records of every worker count are checked to be equal (the ``seconds`` field aside). With
-``--tiny-clip`` the CLIP score runs with the tests' tiny random CLIP (tests/tiny_clip.py): that measures the
-stage around the model (decode, preprocessing, records), not a real ViT-B/32. KID/FID need a reference set and
-real-size feature extractors and are not run here. Prints one JSON object; ``--out FILE`` also writes it.
+``--tiny-clip`` the CLIP score runs alone with the tests' tiny random CLIP (tests/tiny_clip.py): that measures the
+stage around the model (decode, preprocessing, records), not a real ViT-B/32.
+
+Image metrics (CLIP + KID + FID + KID-DINOv2 in one image pass) run when models are given: ``--tiny-models`` (the
+tests' tiny CLIP/DINOv2 and a random full-size Inception), ``--random-weights`` (full-size models with random
+weights, each saved to a local file or folder and loaded through the real loading path: open_clip ViT-B/32,
+torch-fidelity's Inception-v3, DINOv2-base from transformers' default ``Dinov2Config``), or real weights
+(``--clip-weights FILE``, ``--inception-weights FILE``, ``--dinov2-model DIR``). They compare against a synthetic
+reference set (``--ref-objects`` meshes rendered with ``mme3dr references build``) whose features are computed and
+cached before the clock starts, so ``score_images`` times the generated side only: decoding, the three models, the
+records and the set-metric arithmetic; ``set_math`` is that arithmetic alone (features cached).
+``total_s`` = render + model loading + image metrics + geometry (the most workers): the whole benchmark's work.
+
+More prompts than the 249 of the benchmark are copies of them with new ids (``-r<k>`` suffix). ``--render-prompts
+K`` renders only K prompts and copies their render folders to the others (cyclically), for runs whose rendering
+would take too long; the JSON says so (``renders_copied``). Memory: peak host RSS (``ru_maxrss``) after each stage
+and peak GPU memory. The scaling check of the image pass runs the benchmark twice, e.g.
+
+    python benchmarks/eval_bench.py --prompts 249 --random-weights --device cuda -j 16 --workers 8 --out a.json
+    python benchmarks/eval_bench.py --prompts 2490 --random-weights --device cuda -j 16 --workers 8 --out b.json
+
+and compares ``peak_rss_mb`` (``python benchmarks/eval_bench.py --compare a.json b.json`` prints the ratio).
+Prints one JSON object; ``--out FILE`` also writes it.
 
     python benchmarks/eval_bench.py --prompts 24 --workers 1 2 [--views 24] [--resolution 512] [--tiny-clip]
         [--out benchmarks/results/eval_cpu.json]
@@ -19,6 +39,7 @@ import json
 import os
 import platform
 import resource
+import shutil
 import sys
 import tempfile
 import time
@@ -28,15 +49,16 @@ import numpy as np
 import trimesh
 
 
-def make_meshes(folder: Path, prompt_ids: list[str], subdivisions: int = 4) -> None:
+def make_meshes(folder: Path, prompt_ids: list[str], subdivisions: int = 4, offset: int = 0) -> None:
     """One mesh per prompt id, ``<id>.glb`` in ``folder``, cycling through four kinds of shape (the sphere has
-    ``20 * 4**subdivisions`` faces: 5,120 at 4, 81,920 at 6)."""
-    rng = np.random.default_rng(0)
+    ``20 * 4**subdivisions`` faces: 5,120 at 4, 81,920 at 6). ``offset`` shifts the cycle and the sizes."""
+    rng = np.random.default_rng(offset)
     folder.mkdir(parents=True, exist_ok=True)
-    for i, pid in enumerate(prompt_ids):
+    sphere = trimesh.creation.icosphere(subdivisions=subdivisions)
+    for i, pid in enumerate(prompt_ids, start=offset):
         kind = i % 4
         if kind == 0:
-            m = trimesh.creation.icosphere(subdivisions=subdivisions)
+            m = sphere.copy()
             m.vertices += m.vertex_normals * 0.05 * np.sin(5 * m.vertices[:, :1] + i)
         elif kind == 1:
             m = trimesh.creation.box(extents=(1, 0.3 + 0.05 * i, 0.6))
@@ -47,6 +69,105 @@ def make_meshes(folder: Path, prompt_ids: list[str], subdivisions: int = 4) -> N
             m = trimesh.creation.cone(radius=0.5, height=1.0 + 0.02 * i, sections=64)
         m.visual.vertex_colors = np.tile(np.r_[rng.integers(40, 255, 3), 255], (len(m.vertices), 1))
         m.export(folder / f"{pid}.glb")
+
+
+IMAGE_METRICS = ["clip", "kid", "fid", "kid_dinov2"]
+TESTS = Path(__file__).resolve().parents[1] / "tests"
+
+
+def synthetic_prompts(n: int, folder: Path):
+    """The first ``n`` benchmark prompts (stratified); past 249, copies of the 249 with ids ``<id>-r<k>``."""
+    from mme3dr.data import load_benchmark
+
+    if n <= 249:
+        return load_benchmark(limit=n)
+    base = load_benchmark()
+    rows = []
+    for k in range(n):
+        r = base[k % len(base)]
+        copy = k // len(base)
+        rows.append({**r.to_dict(), "id": r.id if copy == 0 else f"{r.id}-r{copy}"})
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"prompts_{n}.jsonl"
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return load_benchmark(source=path)
+
+
+def reference_set(folder: Path, preset, n_objects: int, workers: int) -> Path:
+    """A reference set of ``n_objects`` synthetic meshes spread over the five categories (``references build``)."""
+    from mme3dr.categories import CATEGORIES
+    from mme3dr.render.references import build_references
+
+    meshes = folder / "ref_meshes"
+    cats = list(CATEGORIES)
+    for i in range(n_objects):
+        make_meshes(meshes / cats[i % len(cats)], [f"ref{i:03d}"], subdivisions=3, offset=i + 1)
+    build_references(folder / "REF", preset, meshes=meshes, workers=workers, progress=False)
+    return folder / "REF"
+
+
+def image_models(a, folder: Path):
+    """(ScoreOptions, kind) for the image metrics from the command line ((None, None): no image models asked for)."""
+    from mme3dr.defaults import DEFAULTS
+    from mme3dr.metrics.specs import ScoreOptions
+
+    a.batch_size = a.batch_size or DEFAULTS.batch_size
+    folder.mkdir(parents=True, exist_ok=True)
+    opts = dict(device=a.device, batch_size=a.batch_size)
+    if a.decode_threads:
+        opts["decode_threads"] = a.decode_threads
+    if a.tiny_models:
+        sys.path.insert(0, str(TESTS))
+        import tiny_clip
+        import tiny_features
+
+        return ScoreOptions(**opts, clip_model=tiny_clip.TINY_CLIP,
+                            clip_pretrained=str(tiny_clip.tiny_clip_checkpoint(folder)),
+                            inception_weights=str(tiny_features.random_inception_weights(folder / "inception.pth")),
+                            dinov2_model=str(tiny_features.tiny_dinov2(folder / "dinov2"))), "tiny"
+    if a.random_weights:
+        return ScoreOptions(**opts, **random_full_size_models(folder)), "random full-size"
+    if a.clip_weights or a.inception_weights or a.dinov2_model:
+        if not (a.clip_weights and a.inception_weights and a.dinov2_model):
+            raise SystemExit("give all three of --clip-weights, --inception-weights and --dinov2-model")
+        return ScoreOptions(**opts, clip_weights=a.clip_weights, inception_weights=a.inception_weights,
+                            dinov2_model=a.dinov2_model), "given weights"
+    return None, None
+
+
+def random_full_size_models(folder: Path) -> dict:
+    """Full-size models with random weights, saved where the real loaders read them: open_clip ViT-B/32 (a
+    state-dict file), torch-fidelity's Inception-v3 (Kaiming-initialised convolutions, a state-dict file) and
+    DINOv2-base (transformers' default ``Dinov2Config``, ``save_pretrained``)."""
+    import open_clip
+    import torch
+    from transformers import Dinov2Config, Dinov2Model
+
+    sys.path.insert(0, str(TESTS))
+    import tiny_features
+
+    torch.manual_seed(0)
+    clip = folder / "vit-b-32-random.pt"
+    torch.save(open_clip.create_model("ViT-B-32", pretrained=None).state_dict(), clip)
+    inception = tiny_features.random_inception_weights(folder / "inception-random.pth")
+    Dinov2Model(Dinov2Config()).save_pretrained(folder / "dinov2-base-random")
+    return dict(clip_model="ViT-B-32", clip_pretrained=str(clip), inception_weights=str(inception),
+                dinov2_model=str(folder / "dinov2-base-random"))
+
+
+def copy_renders(run: Path, preset, from_ids: list[str], to_ids: list[str]) -> None:
+    """Copy the render folders of ``from_ids`` to ``to_ids`` (cyclically), render records included."""
+    base = run / "renders" / preset.tag
+    for k, pid in enumerate(to_ids):
+        shutil.copytree(base / from_ids[k % len(from_ids)], base / pid, dirs_exist_ok=True)
+
+
+def gpu_peak_mb(device: str | None) -> float | None:
+    import torch
+
+    if device is None or not str(device).startswith("cuda") or not torch.cuda.is_available():
+        return None
+    return round(torch.cuda.max_memory_allocated() / 2**20, 1)
 
 
 def _records(run: Path, metric: str) -> list[dict]:
@@ -61,50 +182,171 @@ def _peak_rss_mb() -> dict[str, float]:
             "largest_child": round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * scale, 1)}
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def compare(a_path: Path, b_path: Path) -> None:
+    """Print the peak-RSS ratio of two benchmark results (the scaling check: more prompts, flat memory)."""
+    a, b = (json.loads(Path(p).read_text()) for p in (a_path, b_path))
+    ra, rb = a["peak_rss_mb"]["self"], b["peak_rss_mb"]["self"]
+    print(json.dumps({"prompts": [a["prompts"], b["prompts"]], "peak_rss_mb": [ra, rb], "ratio": round(rb / ra, 3),
+                      "peak_gpu_mb": [a.get("peak_gpu_mb"), b.get("peak_gpu_mb")]}, indent=1))
+
+
+def add_shared_options(ap: argparse.ArgumentParser) -> None:
+    """The options eval_bench.py and evalpy_loop.py share: the synthetic assets and the image models."""
     ap.add_argument("--prompts", type=int, default=24)
-    ap.add_argument("--workers", type=int, nargs="+", default=[1, 2], help="geometry worker counts to time")
-    ap.add_argument("--render-workers", type=int, default=1)
     ap.add_argument("--views", type=int, default=24)
     ap.add_argument("--resolution", type=int, default=512)
     ap.add_argument("--subdivisions", type=int, default=4, help="of the bumpy spheres (every 4th mesh)")
-    ap.add_argument("--tiny-clip", action="store_true", help="also time the clip stage with the tests' tiny CLIP")
+    models = ap.add_argument_group("image metrics (CLIP, KID, FID, KID-DINOv2)")
+    models.add_argument("--tiny-models", action="store_true", help="the tests' tiny models (CPU)")
+    models.add_argument("--random-weights", action="store_true", help="full-size models with random weights")
+    models.add_argument("--clip-weights", default=None, help="ViT-B/32 checkpoint file")
+    models.add_argument("--inception-weights", default=None, help="torch-fidelity Inception-v3 weights file")
+    models.add_argument("--dinov2-model", default=None, help="DINOv2 folder (save_pretrained layout)")
+    models.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda when available)")
+    models.add_argument("--batch-size", type=int, default=None, help="images per forward pass (default: DEFAULTS)")
+    models.add_argument("--decode-threads", type=int, default=None, help="view-decoding threads (default: DEFAULTS)")
+    models.add_argument("--ref-objects", type=int, default=40, help="synthetic reference objects")
     ap.add_argument("--note", default="", help="free text stored in the JSON (e.g. how busy the machine was)")
     ap.add_argument("--out", type=Path, default=None)
-    a = ap.parse_args()
 
+
+def parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_shared_options(ap)
+    ap.add_argument("--workers", type=int, nargs="+", default=[1, 2], help="geometry worker counts to time")
+    ap.add_argument("--render-workers", "-j", type=int, default=1)
+    ap.add_argument("--render-prompts", type=int, default=None,
+                    help="render only this many prompts and copy their renders to the others")
+    ap.add_argument("--tiny-clip", action="store_true", help="also time the clip stage with the tests' tiny CLIP")
+    ap.add_argument("--compare", nargs=2, type=Path, metavar=("A.json", "B.json"),
+                    help="print the peak-RSS ratio of two results and exit")
+    return ap
+
+
+def write_result(result: dict, out: Path | None) -> None:
+    result["machine"]["load_average_end"] = [round(x, 2) for x in os.getloadavg()]
+    text = json.dumps(result, indent=1)
+    print(text)
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(text + "\n")
+
+
+def machine() -> dict:
+    return {"node": platform.node(), "platform": platform.platform(), "python": platform.python_version(),
+            "cpu_count": os.cpu_count(),
+            "usable_cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+            "load_average_start": [round(x, 2) for x in os.getloadavg()]}
+
+
+def generate_and_render(a, bench, preset, tmp: Path, result: dict) -> Path:
+    """Synthetic meshes for ``bench`` served by the folder adapter, generated and rendered into ``tmp/RUN``."""
     from mme3dr.adapters import ModelSpec, create_generator
-    from mme3dr.data import load_benchmark
-    from mme3dr.defaults import DEFAULTS
+    from mme3dr.data import Benchmark
     from mme3dr.generation import generate_run
+    from mme3dr.render.runs import render_run
+
+    stages = result["stages_s"]
+    assets, run = tmp / "assets", tmp / "RUN"
+    make_meshes(assets, [r.id for r in bench], a.subdivisions)
+    gen = create_generator("folder", root=str(assets))
+    t = time.perf_counter()
+    generate_run(gen, bench, run, model_spec=ModelSpec("folder", {"root": str(assets)}), progress=False)
+    stages["generate"] = round(time.perf_counter() - t, 3)
+    k = a.render_prompts if a.render_prompts and a.render_prompts < len(bench) else len(bench)
+    t = time.perf_counter()
+    if k < len(bench):  # render k prompts in a run of their own, copy their folders to every prompt
+        seed = tmp / "SEED"
+        generate_run(gen, Benchmark(bench.records[:k], bench.source, bench.location), seed,
+                     model_spec=ModelSpec("folder", {"root": str(assets)}), progress=False)
+        ren = render_run(seed, preset, workers=a.render_workers, progress=False)
+        stages["render"] = round(time.perf_counter() - t, 3)
+        ids = [r.id for r in bench]
+        shutil.copytree(seed / "renders", run / "renders", dirs_exist_ok=True)
+        copy_renders(run, preset, ids[:k], ids[k:])
+        result["renders_copied"] = {"rendered_prompts": k, "copied_to": len(bench) - k,
+                                    "note": "render_s is for the rendered prompts only"}
+    else:
+        ren = render_run(run, preset, workers=a.render_workers, progress=False)
+        stages["render"] = round(time.perf_counter() - t, 3)
+    result["render_images_per_s"] = round(ren.rendered * preset.n_views / stages["render"], 2)
+    return run
+
+
+def time_image_metrics(a, run: Path, preset, tmp: Path, result: dict) -> None:
+    """Load the models, cache the reference features, then time CLIP + KID + FID + KID-DINOv2 on the run."""
+    from mme3dr.scoring import SetInputs, build_metrics, fill_features, score_run
+
+    opts, kind = image_models(a, tmp / "models")
+    if opts is None:
+        return
+    stages = result["stages_s"]
+    result["image_models"] = kind
+    t = time.perf_counter()
+    ref = reference_set(tmp, preset, a.ref_objects, a.render_workers)
+    stages["reference_build_untimed"] = round(time.perf_counter() - t, 3)
+    t = time.perf_counter()
+    built = build_metrics(IMAGE_METRICS, preset, ref, opts)
+    stages["load_models"] = round(time.perf_counter() - t, 3)
+    result["image_options"] = {"device": built.prompt["clip"].clip.device, "batch_size": opts.batch_size,
+                               "decode_threads": opts.decode_threads}
+    t = time.perf_counter()  # the reference side, cached before timing (as for any run after the first)
+    ref_only = SetInputs.load(run, [], ref / preset.tag, preset, built.extractors, IMAGE_METRICS[1:])
+    fill_features(ref_only, built.extractors, opts, progress=False)
+    stages["reference_features_untimed"] = round(time.perf_counter() - t, 3)
+    _sync(opts.device)
+    _reset_gpu_peak(opts.device)
+    t = time.perf_counter()
+    s = score_run(run, IMAGE_METRICS, preset, ref, opts, progress=False, built=built)
+    _sync(opts.device)
+    stages["score_images"] = round(time.perf_counter() - t, 3)
+    assert s.scored["clip"] == result["prompts"] and not s.errors["clip"], s.lines()
+    views = result["prompts"] * preset.n_views
+    result["image_metrics_images_per_s"] = round(views / stages["score_images"], 1)
+    result["peak_gpu_mb"] = gpu_peak_mb(opts.device or built.prompt["clip"].clip.device)
+    result["peak_rss_after_stage_mb"]["score_images"] = _peak_rss_mb()["self"]
+    t = time.perf_counter()  # features now cached: the set-metric arithmetic alone
+    score_run(run, IMAGE_METRICS[1:], preset, ref, opts, progress=False, built=built)
+    stages["set_math"] = round(time.perf_counter() - t, 3)
+    result["set_scores_overall"] = {m: r.overall.value for m, r in s.set_scores.items()}
+
+
+def _sync(device) -> None:
+    import torch
+
+    if torch.cuda.is_available() and (device is None or str(device).startswith("cuda")):
+        torch.cuda.synchronize()
+
+
+def _reset_gpu_peak(device) -> None:
+    import torch
+
+    if torch.cuda.is_available() and (device is None or str(device).startswith("cuda")):
+        torch.cuda.reset_peak_memory_stats()
+
+
+def main() -> None:
+    a = parser().parse_args()
+    if a.compare:
+        compare(*a.compare)
+        return
+    from mme3dr.defaults import DEFAULTS
     from mme3dr.metrics.specs import ScoreOptions
     from mme3dr.render.presets import get_preset
-    from mme3dr.render.runs import render_run
     from mme3dr.report import build_report
     from mme3dr.scoring import score_run
 
     preset = get_preset(DEFAULTS.preset).with_overrides(resolution=a.resolution, n_views=a.views)
-    bench = load_benchmark(limit=a.prompts)
-    result: dict = {
-        "machine": {"node": platform.node(), "platform": platform.platform(), "python": platform.python_version(),
-                    "cpu_count": os.cpu_count(), "usable_cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
-                    "load_average_start": [round(x, 2) for x in os.getloadavg()]},
-        "prompts": len(bench), "sphere_subdivisions": a.subdivisions, "views": preset.n_views, "resolution": preset.resolution,
-        "render_workers": a.render_workers, "geometry_workers": a.workers, "note": a.note, "stages_s": {}}
-    stages = result["stages_s"]
+    result: dict = {"machine": machine(), "prompts": a.prompts, "sphere_subdivisions": a.subdivisions,
+                    "views": preset.n_views, "resolution": preset.resolution, "render_workers": a.render_workers,
+                    "geometry_workers": a.workers, "note": a.note, "renders_copied": None, "stages_s": {},
+                    "peak_rss_after_stage_mb": {}}
+    stages, rss = result["stages_s"], result["peak_rss_after_stage_mb"]
     with tempfile.TemporaryDirectory() as tmp:
-        assets, run = Path(tmp) / "assets", Path(tmp) / "RUN"
-        make_meshes(assets, [r.id for r in bench], a.subdivisions)
-        gen = create_generator("folder", root=str(assets))
-        t = time.perf_counter()
-        generate_run(gen, bench, run, model_spec=ModelSpec("folder", {"root": str(assets)}), progress=False)
-        stages["generate"] = round(time.perf_counter() - t, 3)
-
-        t = time.perf_counter()
-        ren = render_run(run, preset, workers=a.render_workers, progress=False)
-        stages["render"] = round(time.perf_counter() - t, 3)
-        result["render_images_per_s"] = round(ren.rendered * preset.n_views / stages["render"], 2)
+        bench = synthetic_prompts(a.prompts, Path(tmp) / "prompts")
+        result["prompts"] = len(bench)
+        run = generate_and_render(a, bench, preset, Path(tmp), result)
+        rss["render"] = _peak_rss_mb()["self"]
 
         geometry = {}
         for w in a.workers:
@@ -115,9 +357,10 @@ def main() -> None:
             assert s.scored["geometry"] == len(bench), s.lines()
             geometry[w] = _records(run, "geometry")
         result["geometry_records_equal_across_workers"] = all(r == geometry[a.workers[0]] for r in geometry.values())
+        rss["geometry"] = _peak_rss_mb()["self"]
 
         if a.tiny_clip:
-            sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+            sys.path.insert(0, str(TESTS))
             import tiny_clip
 
             opts = ScoreOptions(device="cpu", clip_model=tiny_clip.TINY_CLIP,
@@ -127,17 +370,18 @@ def main() -> None:
             stages["score_clip_tiny"] = round(time.perf_counter() - t, 3)
             assert s.scored["clip"] == len(bench), s.lines()
             result["clip_tiny_images_per_s"] = round(len(bench) * preset.n_views / stages["score_clip_tiny"], 2)
+            (run / "scores.jsonl").unlink(missing_ok=True)
+
+        time_image_metrics(a, run, preset, Path(tmp), result)
+        if "score_images" in stages:
+            result["total_s"] = round(stages["render"] + stages["load_models"] + stages["score_images"]
+                                      + stages[f"score_geometry_workers_{max(a.workers)}"], 3)
 
         t = time.perf_counter()
         build_report([run], Path(tmp) / "report")
         stages["report"] = round(time.perf_counter() - t, 3)
     result["peak_rss_mb"] = _peak_rss_mb()
-    result["machine"]["load_average_end"] = [round(x, 2) for x in os.getloadavg()]
-    text = json.dumps(result, indent=1)
-    print(text)
-    if a.out is not None:
-        a.out.parent.mkdir(parents=True, exist_ok=True)
-        a.out.write_text(text + "\n")
+    write_result(result, a.out)
 
 
 if __name__ == "__main__":

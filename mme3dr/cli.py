@@ -265,7 +265,10 @@ _METRICS_HELP = ("Comma-separated: clip, kid, fid, kid_dinov2, fid_dinov2, vlm, 
 MetricsOpt = Annotated[str, typer.Option("--metrics", help=_METRICS_HELP)]
 ReferenceOpt = Annotated[Optional[Path], typer.Option(help="Reference set for kid/fid (`mme3dr references build`).")]
 DeviceOpt = Annotated[Optional[str], typer.Option(help="torch device for metrics (default: cuda if available).")]
-BatchOpt = Annotated[int, typer.Option(min=1, help="Images per forward pass.")]
+BatchOpt = Annotated[int, typer.Option(
+    min=1, help="Images per forward pass of the image models (a batch spans prompts).")]
+ThreadsOpt = Annotated[int, typer.Option(
+    "--decode-threads", min=1, help="Threads that decode the rendered views for the image metrics.")]
 ClipModelOpt = Annotated[str, typer.Option(help="open_clip model name.")]
 ClipTagOpt = Annotated[str, typer.Option(help="open_clip pretrained tag.")]
 ClipWeightsOpt = Annotated[Optional[str], typer.Option(help="Local CLIP checkpoint file.")]
@@ -278,11 +281,11 @@ VlmServerOpt = Annotated[Optional[str], typer.Option(
 
 
 def _score_options(device, batch_size, clip_model, clip_pretrained, clip_weights, inception_weights, dinov2_model,
-                   vlm_model, vlm_server):
+                   vlm_model, vlm_server, decode_threads):
     from mme3dr.metrics.specs import ScoreOptions
 
     return ScoreOptions(device, batch_size, clip_model, clip_pretrained, clip_weights, inception_weights,
-                        dinov2_model, vlm_model, vlm_server)
+                        dinov2_model, vlm_model, vlm_server, decode_threads=decode_threads)
 
 
 def quiet_libraries(progress: bool) -> None:
@@ -301,6 +304,7 @@ def score(
     preset: PresetOpt = DEFAULTS.preset,
     device: DeviceOpt = None,
     batch_size: BatchOpt = DEFAULTS.batch_size,
+    decode_threads: ThreadsOpt = DEFAULTS.decode_threads,
     clip_model: ClipModelOpt = DEFAULTS.clip_model,
     clip_pretrained: ClipTagOpt = DEFAULTS.clip_pretrained,
     clip_weights: ClipWeightsOpt = None,
@@ -324,7 +328,7 @@ def score(
 
     quiet_libraries(progress)
     options = _score_options(device, batch_size, clip_model, clip_pretrained, clip_weights, inception_weights,
-                             dinov2_model, vlm_model, vlm_server)
+                             dinov2_model, vlm_model, vlm_server, decode_threads)
     p = _preset(preset)
     built = build_metrics(metrics.split(","), p, reference, options)
     with run_lock(run):
@@ -347,6 +351,7 @@ def evaluate(
     resolution: Annotated[Optional[int], typer.Option(min=8, help="Override the preset's resolution.")] = None,
     device: DeviceOpt = None,
     batch_size: BatchOpt = DEFAULTS.batch_size,
+    decode_threads: ThreadsOpt = DEFAULTS.decode_threads,
     clip_model: ClipModelOpt = DEFAULTS.clip_model,
     clip_pretrained: ClipTagOpt = DEFAULTS.clip_pretrained,
     clip_weights: ClipWeightsOpt = None,
@@ -370,7 +375,7 @@ def evaluate(
 
     quiet_libraries(progress)
     options = _score_options(device, batch_size, clip_model, clip_pretrained, clip_weights, inception_weights,
-                             dinov2_model, vlm_model, vlm_server)
+                             dinov2_model, vlm_model, vlm_server, decode_threads)
     summary = run_evaluate(model, out_dir, parse_model_args(model_arg or []), metrics.split(","), reference, category,
                            limit, seed, _preset(preset, resolution=resolution), options, source, workers or 1, report,
                            progress, retry_failed, workers or DEFAULTS.score_workers)

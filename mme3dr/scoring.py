@@ -32,7 +32,7 @@ from mme3dr.defaults import DEFAULTS
 from mme3dr.errors import InputError, MissingInputError
 from mme3dr.generation import GenerationRecord, read_generations
 from mme3dr.jsonl import read_json
-from mme3dr.metrics.base import MetricResult, PromptMetric, ScoreItem, composite
+from mme3dr.metrics.base import MetricResult, PromptMetric, ScoreItem, describe
 from mme3dr.metrics.specs import ScoreOptions, feature_extractor, get_metric, metric_names
 from mme3dr.paths import UnsafePathError, child_path
 from mme3dr.render.output import file_sha256, read_render_record
@@ -216,43 +216,130 @@ def score_run(run_dir: Path | str, metrics: Sequence[str], preset: RenderPreset,
     summary = ScoreSummary()
     repair_scores(run_dir)  # a line torn by a crash is dropped (its record is scored again)
     done = {r.cache_key() for r in read_scores(run_dir) if r.ok}
+    plans = {}
     for name, metric in built.prompt.items():
-        chash = metric.config_hash()
         summary.scored[name], summary.skipped[name], summary.errors[name] = 0, 0, list(refused.items())
-        plan: list[tuple[ScoreItem, tuple, MetricResult | None]] = []  # (item, cache key, error found up front)
-        for item, render in items:
-            sha = (render or {}).get("asset_sha256")
-            if sha is None and metric.needs == "asset" and _hashable(item.asset_path):
-                sha = file_sha256(item.asset_path)  # asset metrics need no render to be cached
-            key = (item.prompt_id, name, chash, preset.hash if metric.needs == "renders" else None, sha)
-            if sha is not None and key in done:
-                summary.skipped[name] += 1
-            elif metric.needs == "renders" and item.render_dir is None:
-                plan.append((item, key, MetricResult(error=f"not rendered with preset {preset.tag}; run `mme3dr "
-                                                           f"render {run_dir} --preset {preset.name}` first")))
-            else:
-                plan.append((item, key, None))
+        plans[name] = _plan(run_dir, name, metric, items, done, preset, summary)
+    set_names = _set(metrics)
+    # CLIP and the set metrics' features: every view decoded once, in batches spanning prompts
+    in_pass = {name: metric for name, metric in built.prompt.items() if metric.in_image_pass}
+    sets = SetInputs.load(run_dir, items, ref_folder, preset, built.extractors, set_names) if set_names else None
+    if in_pass or sets is not None:
+        score_images(run_dir, {name: (m, plans[name]) for name, m in in_pass.items()}, items, sets, built.extractors,
+                     options, summary, progress)
+    for name, metric in built.prompt.items():
+        if name in in_pass:
+            continue
+        plan = plans[name]
         results = _results(metric, [item for item, _, failed in plan if failed is None], workers)
         bar = tqdm(total=len(items), initial=summary.skipped[name], desc=name, unit="prompt", disable=not progress)
         try:
             for item, key, failed in plan:
                 result, seconds = next(results) if failed is None else (failed, 0.0)
-                append_score(run_dir, ScoreRecord(item.prompt_id, name, item.category, chash, metric.config(), key[3],
-                                                  key[4], dict(metric.directions), **asdict(result),
-                                                  seconds=round(seconds, 4)))
-                if result.error:
-                    summary.errors[name].append((item.prompt_id, result.error))
-                else:
-                    summary.scored[name] += 1
+                _record(run_dir, metric, item, key, result, seconds, summary)
                 bar.update(1)
         finally:
             bar.close()
             results.close()  # ends the worker pool, if any, also when a record cannot be written
     keep_latest_scores(run_dir)  # one record per (prompt, metric): the latest
-    set_names = _set(metrics)
-    if set_names:
-        summary.set_scores = score_sets(run_dir, items, ref_folder, set_names, preset, built.extractors, progress)
+    if sets is not None:
+        summary.set_scores = score_sets(run_dir, items, ref_folder, set_names, preset, built.extractors, progress,
+                                        options, sets)
     return summary
+
+
+#: A per-prompt metric's work: (item, cache key, error found up front or None) for each item not up to date.
+Plan = list[tuple[ScoreItem, tuple, "MetricResult | None"]]
+
+
+def _plan(run_dir: Path, name: str, metric: PromptMetric, items: list[tuple[ScoreItem, dict | None]], done: set,
+          preset: RenderPreset, summary: ScoreSummary) -> Plan:
+    """The items ``metric`` still has to score (the others are counted as skipped in ``summary``)."""
+    chash = metric.config_hash()
+    plan: Plan = []
+    for item, render in items:
+        sha = (render or {}).get("asset_sha256")
+        if sha is None and metric.needs == "asset" and _hashable(item.asset_path):
+            sha = file_sha256(item.asset_path)  # asset metrics need no render to be cached
+        key = (item.prompt_id, name, chash, preset.hash if metric.needs == "renders" else None, sha)
+        if sha is not None and key in done:
+            summary.skipped[name] += 1
+        elif metric.needs == "renders" and item.render_dir is None:
+            plan.append((item, key, MetricResult(error=f"not rendered with preset {preset.tag}; run `mme3dr "
+                                                       f"render {run_dir} --preset {preset.name}` first")))
+        else:
+            plan.append((item, key, None))
+    return plan
+
+
+def _record(run_dir: Path, metric: PromptMetric, item: ScoreItem, key: tuple, result: MetricResult, seconds: float,
+            summary: ScoreSummary) -> None:
+    """Append (and fsync) the record of one scored item and count it in ``summary``."""
+    append_score(run_dir, ScoreRecord(item.prompt_id, key[1], item.category, key[2], metric.config(), key[3],
+                                      key[4], dict(metric.directions), **asdict(result), seconds=round(seconds, 4)))
+    if result.error:
+        summary.errors[key[1]].append((item.prompt_id, result.error))
+    else:
+        summary.scored[key[1]] += 1
+
+
+def score_images(run_dir: Path, prompt: dict[str, tuple[Any, Plan]], items: list[tuple[ScoreItem, dict | None]],
+                 sets: SetInputs | None, extractors: dict[str, Any], options: ScoreOptions, summary: ScoreSummary,
+                 progress: bool = True) -> None:
+    """One image pass (:func:`~mme3dr.metrics.image_pass.run_image_pass`) over the views that any image metric
+    still needs: the metrics in ``prompt`` (name -> (metric, plan); ``PromptMetric.in_image_pass``, e.g.
+    :class:`~mme3dr.metrics.clip.ClipScore`) get their records appended, in
+    prompt order, as soon as all views of a prompt are embedded; the feature caches in ``sets`` get the features of
+    the generated and reference views they lack (saved at the end). A view that cannot be read gives its prompt's
+    error in the CLIP records; its features stay missing (:func:`score_sets` then names the file). The ``seconds``
+    of such a record is the wall time from the previous prompt's result to its own: its share of the batched pass."""
+    from mme3dr.metrics.image_pass import ViewJob, run_image_pass
+
+    todo = {name: {item.prompt_id: (key, failed) for item, key, failed in plan} for name, (_, plan) in prompt.items()}
+    jobs: list[ViewJob] = []
+    for item, _ in items:
+        clip = tuple(n for n in prompt if item.prompt_id in todo[n] and todo[n][item.prompt_id][1] is None)
+        label = f"gen:{item.prompt_id}"
+        kinds = sets.missing(label) if sets is not None else ()
+        if not clip:  # features only (or nothing: the job passes through undecoded)
+            jobs.append(ViewJob(sets.views(label)[0] if kinds else (), kinds))
+            continue
+        try:
+            jobs.append(ViewJob(tuple(item.view_paths()), clip + kinds))
+        except ValueError as exc:  # rendered, but no views: the CLIP records carry the error
+            jobs.append(ViewJob((), clip, exc))
+    refs = [label for label in sets.ref if sets.missing(label)] if sets is not None else []
+    jobs += [ViewJob(sets.views(label)[0], sets.missing(label)) for label in refs]
+    texts = {}
+    for name, (metric, _) in prompt.items():
+        rows = [i for i, (item, _) in enumerate(items) if name in jobs[i].models]
+        emb = metric.clip.embed_text([items[i][0].prompt for i in rows]) if rows else np.zeros((0, 0))
+        texts[name] = dict(zip(rows, emb))
+    models = {name: metric.clip for name, (metric, _) in prompt.items()}
+    models.update({k: extractors[k] for k in (sets.caches if sets is not None else {})})
+    bar = tqdm(total=len(jobs), desc="images", unit="object", disable=not progress)
+    try:
+        for res in run_image_pass(jobs, models, options.batch_size, options.decode_threads):
+            item = items[res.index][0] if res.index < len(items) else None
+            for name, (metric, _) in prompt.items():
+                if item is None or item.prompt_id not in todo[name]:
+                    continue
+                key, failed = todo[name][item.prompt_id]
+                exc = res.error or res.failed.get(name)
+                if failed is None and exc is not None:
+                    failed = MetricResult(error=describe(exc))
+                result = failed or metric.result(item, res.embeddings[name], texts[name][res.index])
+                _record(run_dir, metric, item, key, result, res.seconds if failed is None else 0.0, summary)
+            if sets is not None and res.error is None:
+                label = f"gen:{item.prompt_id}" if item is not None else refs[res.index - len(items)]
+                for kind in res.job.models:
+                    if kind in sets.caches and kind in res.embeddings:
+                        sets.store(label, kind, res.embeddings[kind])
+            bar.update(1)
+    finally:
+        bar.close()
+        if sets is not None:
+            sets.save()
 
 
 def _results(metric: PromptMetric, items: list[ScoreItem], workers: int) -> Iterator[tuple[MetricResult, float]]:
@@ -302,28 +389,121 @@ def _reference_folder(reference: Path | str, preset: RenderPreset) -> Path:
     return folder
 
 
+@dataclass
+class SetInputs:
+    """What the set metrics compare: the generated objects (``gen:<prompt id>``, one per rendered prompt) and the
+    reference objects (``ref:<id>``), each as (category, render folder, asset sha256), and the feature caches of
+    each extractor kind asked for: (generated side in the run's render folder, reference side in the reference
+    set's). A view's cache key is ``<render folder>/<NNN.png>@<sha256[:12]>``."""
+
+    gen: dict[str, tuple[str | None, Path, str]]
+    ref: dict[str, tuple[str | None, Path, str]]
+    caches: dict[str, tuple[Any, Any]]
+    _views: dict[str, tuple[tuple[Path, ...], list[str]]] = field(default_factory=dict)
+
+    @classmethod
+    def load(cls, run_dir: Path, items: list[tuple[ScoreItem, dict | None]], ref_folder: Path, preset: RenderPreset,
+             extractors: dict[str, Any], names: Sequence[str]) -> SetInputs:
+        from mme3dr.metrics.features import FeatureCache
+
+        ref = read_json(ref_folder / REFERENCE_FILE, "build the reference set again (`mme3dr references build`)")
+        gen = {f"gen:{it.prompt_id}": (it.category, it.render_dir, r["asset_sha256"]) for it, r in items if r}
+        refs = {}
+        for o in ref["objects"]:
+            if not o.get("ok"):
+                continue
+            d = child_path(ref_folder, str(o["id"]), what=f"{ref_folder / REFERENCE_FILE}: object id")
+            refs[f"ref:{o['id']}"] = (o.get("category"), d, (read_render_record(d) or {}).get("asset_sha256", o["id"]))
+        gen_cache = run_dir / runfiles.RENDERS_DIR / preset.tag / runfiles.FEATURES_DIR
+        caches = {k: (FeatureCache(gen_cache, extractors[k]), FeatureCache(ref_folder / runfiles.FEATURES_DIR,
+                                                                           extractors[k]))
+                  for k in dict.fromkeys(get_metric(n).extractor for n in names)}
+        return cls(gen, refs, caches)
+
+    def views(self, label: str) -> tuple[tuple[Path, ...], list[str]]:
+        """The view files of object ``label`` and their cache keys."""
+        if label not in self._views:
+            _, d, sha = self.gen[label] if label in self.gen else self.ref[label]
+            paths = tuple(sorted(Path(d).glob("[0-9][0-9][0-9].png")))
+            self._views[label] = paths, [f"{d}/{p.name}@{sha[:12]}" for p in paths]
+        return self._views[label]
+
+    def keys(self, objs: dict[str, tuple]) -> tuple[list[str], np.ndarray]:
+        """The cache keys of the views of ``objs`` (``gen`` or ``ref``) and the object label of each."""
+        keys, labels = [], []
+        for label in objs:
+            k = self.views(label)[1]
+            keys += k
+            labels += [label] * len(k)
+        return keys, np.array(labels)
+
+    def _cache(self, label: str, kind: str):
+        return self.caches[kind][0 if label in self.gen else 1]
+
+    def missing(self, label: str) -> tuple[str, ...]:
+        """The extractor kinds whose cache lacks a view of object ``label`` (none for an unknown label)."""
+        if label not in self.gen and label not in self.ref:
+            return ()
+        return tuple(k for k in self.caches if self._cache(label, k).missing(self.views(label)[1]))
+
+    def store(self, label: str, kind: str, features: np.ndarray) -> None:
+        self._cache(label, kind).put(self.views(label)[1], features)
+
+    def save(self) -> None:
+        for caches in self.caches.values():
+            for cache in caches:
+                cache.save()
+
+    def release(self, kind: str) -> None:
+        """Drop the in-memory caches of ``kind`` (saved first), once their features have been read."""
+        for cache in self.caches.pop(kind):
+            cache.save()
+
+
+def fill_features(sets: SetInputs, extractors: dict[str, Any], options: ScoreOptions | None = None,
+                  progress: bool = True) -> None:
+    """Compute the features the caches of ``sets`` lack (one image pass over those objects) and save them. A view
+    that cannot be read raises :class:`~mme3dr.errors.InputError` naming its object."""
+    from mme3dr.metrics.image_pass import ViewJob, run_image_pass
+
+    options = options or ScoreOptions()
+    labels = [label for label in (*sets.gen, *sets.ref) if sets.missing(label)]
+    jobs = [ViewJob(sets.views(label)[0], sets.missing(label)) for label in labels]
+    try:
+        for res in tqdm(run_image_pass(jobs, {k: extractors[k] for k in sets.caches}, options.batch_size,
+                                       options.decode_threads), total=len(jobs), desc="features", unit="object",
+                        disable=not progress):
+            if res.error is not None or res.failed:
+                _, d, _ = sets.gen.get(labels[res.index]) or sets.ref[labels[res.index]]
+                if res.error is None:
+                    kind, exc = next(iter(res.failed.items()))
+                    raise InputError(f"{d}: the {kind} features of its views failed ({describe(exc)})") from exc
+                raise InputError(f"{d}: a view cannot be read ({describe(res.error)}); render this object again "
+                                 "(`mme3dr render` / `mme3dr references build`) before scoring set metrics")
+            for kind in res.job.models:
+                sets.store(labels[res.index], kind, res.embeddings[kind])
+    finally:
+        sets.save()
+
+
 def score_sets(run_dir: Path, items: list[tuple[ScoreItem, dict | None]], ref_folder: Path, names: Sequence[str],
-               preset: RenderPreset, extractors: dict[str, Any], progress: bool = True
-               ) -> dict[str, SetMetricRecord]:
+               preset: RenderPreset, extractors: dict[str, Any], progress: bool = True,
+               options: ScoreOptions | None = None, sets: SetInputs | None = None) -> dict[str, SetMetricRecord]:
     """KID/FID of the run's views against the reference views, overall and per category; writes set_scores.json.
-    ``extractors``: the loaded feature extractors by kind (:attr:`BuiltMetrics.extractors`).
+    ``extractors``: the loaded feature extractors by kind (:attr:`BuiltMetrics.extractors`). Features missing from
+    the caches are computed first (:func:`fill_features`, batch size and decode threads from ``options``);
+    ``sets``: the :class:`SetInputs` of a caller that already loaded them.
 
     Objects are the generated assets (one per prompt) and the reference objects; every view of an object carries
     its label, so KID leaves out same-object pairs and FID draws whole objects (see :mod:`mme3dr.metrics.fidelity`).
     A category is compared with the reference objects of that MME-3DR category, or with the whole reference set
     when it has none (``reference_subset`` says which).
     """
-    from mme3dr.metrics.features import FeatureCache
     from mme3dr.metrics.fidelity import ObjectKernel, cap_objects, default_subset_size, fid_by_object, kid_from_features
 
-    ref = read_json(ref_folder / REFERENCE_FILE, "build the reference set again (`mme3dr references build`)")
-    gen_objs = {f"gen:{it.prompt_id}": (it.category, it.render_dir, r["asset_sha256"]) for it, r in items if r}
-    ref_objs = {}
-    for o in ref["objects"]:
-        if not o.get("ok"):
-            continue
-        d = child_path(ref_folder, str(o["id"]), what=f"{ref_folder / REFERENCE_FILE}: object id")
-        ref_objs[f"ref:{o['id']}"] = (o.get("category"), d, (read_render_record(d) or {}).get("asset_sha256", o["id"]))
+    sets = sets if sets is not None else SetInputs.load(run_dir, items, ref_folder, preset, extractors, names)
+    fill_features(sets, extractors, options, progress)
+    gen_objs, ref_objs = sets.gen, sets.ref
     groups = {"overall": list(gen_objs)}
     groups.update({c: [k for k, v in gen_objs.items() if v[0] == c] for c in CATEGORIES})
     groups = {g: objs for g, objs in groups.items() if objs or g == "overall"}
@@ -333,20 +513,7 @@ def score_sets(run_dir: Path, items: list[tuple[ScoreItem, dict | None]], ref_fo
     kid_pool = set(cap_objects(list(gen_objs), DEFAULTS.kid_max_objects)) | set(cap_objects(ref_all,
                                                                                              DEFAULTS.kid_max_objects))
 
-    def views(objs: dict[str, tuple]) -> tuple[list[str], np.ndarray]:
-        keys, labels = [], []
-        for label, (_, d, sha) in objs.items():
-            for p in sorted(Path(d).glob("[0-9][0-9][0-9].png")):
-                keys.append(f"{d}/{p.name}@{sha[:12]}")
-                labels.append(label)
-        return keys, np.array(labels)
-
-    def load(key: str):
-        from PIL import Image
-
-        return composite(Image.open(key.rsplit("@", 1)[0]))
-
-    (gen_keys, gen_labels), (ref_keys, ref_labels) = views(gen_objs), views(ref_objs)
+    (gen_keys, gen_labels), (ref_keys, ref_labels) = sets.keys(gen_objs), sets.keys(ref_objs)
     stored = read_set_scores(run_dir)  # the other set metrics' records are kept
     feats: dict[str, tuple[str, np.ndarray, np.ndarray]] = {}
     kernels: dict[str, ObjectKernel] = {}
@@ -357,9 +524,9 @@ def score_sets(run_dir: Path, items: list[tuple[ScoreItem, dict | None]], ref_fo
         kind, dist = get_metric(name).extractor, get_metric(name).distance
         if kind not in feats:
             ext = extractors[kind]
-            gen_cache = run_dir / runfiles.RENDERS_DIR / preset.tag / runfiles.FEATURES_DIR
-            gen_feats = FeatureCache(gen_cache, ext).get(gen_keys, load)
-            ref_feats = FeatureCache(ref_folder / runfiles.FEATURES_DIR, ext).get(ref_keys, load)
+            # float32 as the models computed them; the distances work in float64 (np.asarray there)
+            gen_feats, ref_feats = sets.caches[kind][0].get(gen_keys), sets.caches[kind][1].get(ref_keys)
+            sets.release(kind)  # the stacked arrays are all that is used from here on
             width = max(gen_feats.shape[1], ref_feats.shape[1])  # an empty side comes back as (0, 0)
             feats[kind] = (ext.weights_id, gen_feats.reshape(-1, width), ref_feats.reshape(-1, width))
         weights_id, g_all, r_all = feats[kind]
@@ -371,7 +538,8 @@ def score_sets(run_dir: Path, items: list[tuple[ScoreItem, dict | None]], ref_fo
         for group, gen_ids in tqdm(groups.items(), desc=name, disable=not progress):
             ref_ids = ref_all if group == "overall" or not ref_subsets[group] else ref_subsets[group]
             g_rows, r_rows = np.isin(gen_labels, gen_ids), np.isin(ref_labels, ref_ids)
-            g, r = g_all[g_rows], r_all[r_rows]
+            g = g_all if g_rows.all() else g_all[g_rows]  # no copy of the whole set for "overall"
+            r = r_all if r_rows.all() else r_all[r_rows]
             entry = SetScore("all" if ref_ids is ref_all else group, len(gen_ids), len(g), len(ref_ids), len(r))
             try:
                 if dist == "kid":

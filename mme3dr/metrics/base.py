@@ -57,6 +57,11 @@ def composite(img: Image.Image, background: tuple[int, int, int] = (255, 255, 25
     return canvas
 
 
+def describe(exc: BaseException) -> str:
+    """An item's error text: the exception's type and message."""
+    return f"{type(exc).__name__}: {exc}"
+
+
 @dataclass
 class MetricResult:
     """What a metric says about one item. ``values`` are the numbers reported in tables."""
@@ -79,6 +84,10 @@ class PromptMetric(ABC):
     #: True for pure CPU work with no model (e.g. geometry): the scoring stage may score items in worker processes
     #: (:func:`mme3dr.scoring.score_run`, ``workers``), so the metric object must pickle and score the same there.
     in_processes: ClassVar[bool] = False
+    #: True for a metric scored from model embeddings of its views in the scoring stage's shared image pass
+    #: (:func:`mme3dr.scoring.score_images`): it has ``clip`` (the model, :class:`~mme3dr.metrics.clip.ClipModel`)
+    #: and ``result(item, image_embeddings, text_embedding)``, like :class:`~mme3dr.metrics.clip.ClipScore`.
+    in_image_pass: ClassVar[bool] = False
 
     @abstractmethod
     def config(self) -> dict[str, Any]:
@@ -95,7 +104,7 @@ class PromptMetric(ABC):
             try:
                 out.append(self.score(item))
             except Exception as exc:  # recorded, never fatal for the other items
-                out.append(MetricResult(error=f"{type(exc).__name__}: {exc}"))
+                out.append(MetricResult(error=describe(exc)))
         return out
 
     def config_hash(self) -> str:

@@ -5,6 +5,13 @@ embeddings. Per prompt: ``clip`` = mean over views, ``clip_worst`` = min over vi
 composited on white. Default backbone: OpenAI ViT-B/32 (as in the released evaluation code); any open_clip
 model by name with a pretrained tag, a local checkpoint file, or ``$MME3DR_WEIGHTS/<model>-<tag>.(pt|bin|safetensors)``.
 Prompts longer than the text context are truncated (with a warning and ``details["truncated"]``), never skipped.
+
+Views are embedded through the image pass (:mod:`mme3dr.metrics.image_pass`: each view decoded once, batches that
+span prompts), for one item (:meth:`ClipScore.score`) as for a whole run (:func:`mme3dr.scoring.score_run`). When
+the model's transform is open_clip's ``Resize(S, bicubic) + CenterCrop(S) + RGB + ToTensor + Normalize`` (ViT-B/32:
+S = 224) and the view is square, that transform is the PIL bicubic resize to S x S shared with the other image
+models, then /255 and the mean/std on the device: the same values as the transform itself. Any other transform, or a
+non-square view, goes through the model's own transform image by image.
 """
 
 from __future__ import annotations
@@ -22,7 +29,9 @@ from PIL import Image
 
 from mme3dr.defaults import DEFAULTS
 from mme3dr.errors import InputError
-from mme3dr.metrics.base import HIGHER, MetricResult, PromptMetric, ScoreItem
+from mme3dr.metrics.base import HIGHER, MetricResult, PromptMetric, ScoreItem, describe
+from mme3dr.metrics.features import normalise
+from mme3dr.metrics.views import ViewPixels, prepare
 from mme3dr.weights import (MissingWeightsError, UnsafeWeightsError, local_candidates, missing_message,
                             refusing_code, resolve_local)
 
@@ -40,6 +49,24 @@ def _library_logs_silenced():
 
 def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def square_resize(transform: Any) -> tuple[int, tuple[float, ...], tuple[float, ...]] | None:
+    """``(S, mean, std)`` when ``transform`` is exactly Resize(S, bicubic) + CenterCrop(S) + convert to RGB +
+    ToTensor + Normalize(mean, std) (open_clip's image transform for a square-input model), else None."""
+    from torchvision import transforms as T
+
+    steps = list(getattr(transform, "transforms", []))
+    if len(steps) != 5:
+        return None
+    resize, crop, rgb, to_tensor, norm = steps
+    size = resize.size if isinstance(resize, T.Resize) else None
+    size = size[0] if isinstance(size, (list, tuple)) and len(size) == 1 else size
+    ok = (isinstance(size, int) and resize.interpolation == T.InterpolationMode.BICUBIC and resize.max_size is None
+          and isinstance(crop, T.CenterCrop) and tuple(crop.size) == (size, size)
+          and (getattr(rgb, "mode", None) == "RGB" or getattr(rgb, "__name__", "") == "_convert_to_rgb")
+          and type(to_tensor).__name__ in ("ToTensor", "MaybeToTensor") and isinstance(norm, T.Normalize))
+    return (size, tuple(norm.mean), tuple(norm.std)) if ok else None
 
 
 def _local_checkpoint(model: str, pretrained: str, weights: str | Path | None) -> Path | None:
@@ -79,6 +106,9 @@ class ClipModel:
             raise MissingWeightsError(missing_message("CLIP", f"{model}/{pretrained}", f"{model}-{pretrained}.pt",
                                                       exc, "--clip-weights")) from exc
         self.model.eval()
+        self._square = square_resize(self.preprocess)
+        #: The shared resize the fast path reads (empty: the model's own transform, image by image).
+        self.sizes: tuple[int, ...] = (self._square[0],) if self._square else ()
         self.tokenizer = open_clip.get_tokenizer(model)
         self.context_length = getattr(self.tokenizer, "context_length", 77)
 
@@ -93,28 +123,46 @@ class ClipModel:
             return False
         return len(encode(text)) + 2 > self.context_length
 
-    @torch.no_grad()
-    def embed_text(self, texts: Sequence[str]) -> np.ndarray:
-        """L2-normalised text embeddings, float64 (n, d)."""
-        tokens = self.tokenizer(list(texts)).to(self.device)
-        emb = self.model.encode_text(tokens).float()
-        return torch.nn.functional.normalize(emb, dim=-1).double().cpu().numpy()
+    def warn_if_truncated(self, text: str) -> bool:
+        truncated = self.truncated(text)
+        if truncated:
+            warnings.warn(f"prompt longer than CLIP's {self.context_length}-token context; truncated: {text[:60]}...",
+                          stacklevel=3)
+        return truncated
 
     @torch.no_grad()
-    def embed_images(self, images: Sequence[Image.Image]) -> np.ndarray:
-        """L2-normalised image embeddings, float64 (n, d), in batches of ``batch_size``."""
+    def embed_text(self, texts: Sequence[str]) -> np.ndarray:
+        """L2-normalised text embeddings, float64 (n, d), in batches of ``batch_size``."""
         out = []
-        for i in range(0, len(images), self.batch_size):
-            batch = torch.stack([self.preprocess(im) for im in images[i:i + self.batch_size]]).to(self.device)
-            emb = self.model.encode_image(batch).float()
+        for i in range(0, len(texts), self.batch_size):
+            tokens = self.tokenizer(list(texts[i:i + self.batch_size])).to(self.device)
+            emb = self.model.encode_text(tokens).float()
             out.append(torch.nn.functional.normalize(emb, dim=-1).double().cpu().numpy())
         return np.concatenate(out)
 
+    @torch.no_grad()
+    def embed(self, views: Sequence[ViewPixels]) -> np.ndarray:
+        """L2-normalised image embeddings of prepared views, float32 (n, d), in batches of ``batch_size`` (see the
+        module docstring for the shared-resize path)."""
+        out = []
+        for i in range(0, len(views), self.batch_size):
+            chunk = views[i:i + self.batch_size]
+            if self._square and all(v.square for v in chunk):
+                size, mean, std = self._square
+                x = normalise(torch.from_numpy(np.stack([v.resized[size] for v in chunk])).to(self.device), mean, std)
+            else:
+                x = torch.stack([self.preprocess(v.image()) for v in chunk]).to(self.device)
+            emb = self.model.encode_image(x).float()
+            out.append(torch.nn.functional.normalize(emb, dim=-1).cpu().numpy())
+        return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
+
+    def embed_images(self, images: Sequence[Image.Image]) -> np.ndarray:
+        """L2-normalised image embeddings of PIL images, float64 (n, d): :meth:`embed` of the prepared images."""
+        return self.embed([prepare(im, self.sizes) for im in images]).astype(np.float64)
+
     def cosines(self, images: Sequence[Image.Image], text: str) -> np.ndarray:
         """cos(E_img(v), E_txt(text)) per image."""
-        if self.truncated(text):
-            warnings.warn(f"prompt longer than CLIP's {self.context_length}-token context; truncated: {text[:60]}...",
-                          stacklevel=2)
+        self.warn_if_truncated(text)
         return self.embed_images(images) @ self.embed_text([text])[0]
 
 
@@ -123,18 +171,47 @@ class ClipScore(PromptMetric):
 
     name = "clip"
     needs = "renders"
+    in_image_pass = True
     directions = {"clip": HIGHER, "clip_worst": HIGHER}
 
     def __init__(self, model: str = DEFAULTS.clip_model, pretrained: str = DEFAULTS.clip_pretrained,
                  weights: str | Path | None = None, device: str | None = None,
-                 batch_size: int = DEFAULTS.batch_size, clip: ClipModel | None = None) -> None:
+                 batch_size: int = DEFAULTS.batch_size, clip: ClipModel | None = None,
+                 threads: int = DEFAULTS.decode_threads) -> None:
         self.clip = clip or ClipModel(model, pretrained, weights, device, batch_size)
+        self.threads = threads
 
     def config(self) -> dict[str, Any]:
         return {"weights": self.clip.weights_id, "scale": 100, "text": "prompt", "background": "white"}
 
-    def score(self, item: ScoreItem) -> MetricResult:
-        per_view = 100.0 * self.clip.cosines(item.views(), item.prompt)
+    def result(self, item: ScoreItem, image_emb: np.ndarray, text_emb: np.ndarray) -> MetricResult:
+        """The record of ``item`` from its views' embeddings (float32, :meth:`ClipModel.embed`) and its prompt's
+        (float64, :meth:`ClipModel.embed_text`): per view 100 x their dot product (both are unit vectors)."""
+        per_view = 100.0 * (image_emb.astype(np.float64) @ text_emb)
         return MetricResult(values={"clip": float(per_view.mean()), "clip_worst": float(per_view.min())},
                             per_view={"clip": [float(v) for v in per_view]},
-                            details={"truncated": self.clip.truncated(item.prompt), "n_views": len(per_view)})
+                            details={"truncated": self.clip.warn_if_truncated(item.prompt), "n_views": len(per_view)})
+
+    def scored(self, items: Sequence[ScoreItem]) -> list[MetricResult | Exception]:
+        """Each item's result, or the exception that stopped it, through one image pass over all their views."""
+        from mme3dr.metrics.image_pass import ViewJob, run_image_pass
+
+        jobs = []
+        for item in items:
+            try:
+                jobs.append(ViewJob(tuple(item.view_paths()), (self.name,)))
+            except ValueError as exc:  # not rendered, or no views
+                jobs.append(ViewJob((), (self.name,), exc))
+        texts = self.clip.embed_text([item.prompt for item in items]) if items else None
+        return [r.error or r.failed.get(self.name) or self.result(items[r.index], r.embeddings[self.name],
+                                                                  texts[r.index])
+                for r in run_image_pass(jobs, {self.name: self.clip}, self.clip.batch_size, self.threads)]
+
+    def score(self, item: ScoreItem) -> MetricResult:
+        [out] = self.scored([item])
+        if isinstance(out, Exception):
+            raise out
+        return out
+
+    def score_many(self, items: Sequence[ScoreItem]) -> list[MetricResult]:
+        return [MetricResult(error=describe(r)) if isinstance(r, Exception) else r for r in self.scored(items)]

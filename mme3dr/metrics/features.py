@@ -12,8 +12,11 @@
   with dinov2-base's settings: shortest edge to 256 bicubic, centre crop 224, ImageNet mean/std), which drops
   a border of 16/256 of the view on every side. (torch-fidelity's own DINOv2 extractor needs torch.hub at run
   time and cannot load local weights, so it is not used.)
-Images are RGB, renders composited on white. Features are cached in ``<render folder>/features/`` by extractor
-and weights, so a render preset (its folder carries the hash) never reuses another preset's features.
+Images are RGB, renders composited on white, and reach the extractors as :class:`~mme3dr.metrics.views.ViewPixels`
+(decoded once for every image model, :mod:`mme3dr.metrics.image_pass`): Inception reads the full-size pixels, DINOv2
+the shared 224x224 bicubic resize; scaling and normalisation run on the device. Features are float32 (what the
+models output) and cached in ``<render folder>/features/`` by extractor and weights, so a render preset (its folder
+carries the hash) never reuses another preset's features.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from PIL import Image
 from mme3dr.defaults import DEFAULTS
 from mme3dr.errors import InputError
 from mme3dr.jsonl import atomic_write_bytes
+from mme3dr.metrics.views import ViewPixels, prepare
 from mme3dr.weights import (MissingWeightsError, UnsafeWeightsError, load_tensors, missing_message,
                             refusing_code, resolve_local)
 
@@ -43,6 +47,8 @@ DINOV2_PREPROCESSING = ("resize224", "ar3d-r1-eval")
 
 class FeatureExtractor(ABC):
     name: str
+    #: Sizes of the square bicubic resizes :meth:`_forward` reads (``ViewPixels.resized``); empty: full size only.
+    sizes: tuple[int, ...] = ()
 
     def __init__(self, device: str | None = None, batch_size: int = DEFAULTS.batch_size) -> None:
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -54,14 +60,18 @@ class FeatureExtractor(ABC):
         """Identifies the weights (hub id, tag or file name + size) for cache keys and run records."""
 
     @abstractmethod
-    def _forward(self, images: Sequence[Image.Image]) -> torch.Tensor: ...
+    def _forward(self, views: Sequence[ViewPixels]) -> torch.Tensor: ...
 
     @torch.no_grad()
+    def embed(self, views: Sequence[ViewPixels]) -> np.ndarray:
+        """Features of prepared views, float32 array (n, d), computed in batches of ``batch_size``."""
+        out = [self._forward(views[i:i + self.batch_size]).float().cpu().numpy()
+               for i in range(0, len(views), self.batch_size)]
+        return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
+
     def __call__(self, images: Sequence[Image.Image]) -> np.ndarray:
-        """Features, float64 array (n, d), computed in batches of ``batch_size``."""
-        out = [self._forward(images[i:i + self.batch_size]).double().cpu().numpy()
-               for i in range(0, len(images), self.batch_size)]
-        return np.concatenate(out) if out else np.zeros((0, 0))
+        """Features of PIL images, float64 array (n, d): :meth:`embed` of the :func:`prepared <prepare>` images."""
+        return self.embed([prepare(im, self.sizes) for im in images]).astype(np.float64)
 
 
 def _file_id(path: Path) -> str:
@@ -91,9 +101,18 @@ class InceptionFeatures(FeatureExtractor):
     def weights_id(self) -> str:
         return f"inception-v3-compat:{_file_id(self.path) if self.path else 'torch-fidelity-download'}"
 
-    def _forward(self, images: Sequence[Image.Image]) -> torch.Tensor:
-        x = torch.stack([torch.from_numpy(np.array(im.convert("RGB"))).permute(2, 0, 1) for im in images])
-        return self.model(x.to(self.device))[0]
+    def _forward(self, views: Sequence[ViewPixels]) -> torch.Tensor:
+        """uint8 (n, 3, H, W) full-size pixels; the model resizes them to 299 itself (views of one size per call)."""
+        shapes = dict.fromkeys(v.rgb.shape for v in views)
+        if len(shapes) > 1:  # views of several sizes: one call per size, rows put back in order
+            out: list[torch.Tensor | None] = [None] * len(views)
+            for shape in shapes:
+                rows = [i for i, v in enumerate(views) if v.rgb.shape == shape]
+                for i, f in zip(rows, self._forward([views[i] for i in rows])):
+                    out[i] = f
+            return torch.stack(out)
+        x = torch.from_numpy(np.stack([v.rgb for v in views])).to(self.device)
+        return self.model(x.permute(0, 3, 1, 2).contiguous())[0]
 
 
 def _downloaded_inception() -> dict[str, torch.Tensor]:
@@ -122,6 +141,7 @@ class DinoV2Features(FeatureExtractor):
     """DINOv2 CLS-token features (last hidden state, token 0) from transformers."""
 
     name = "dinov2"
+    sizes = (224,)
 
     def __init__(self, model: str = DEFAULTS.dinov2_model, device: str | None = None,
                  batch_size: int = DEFAULTS.batch_size, preprocessing: str = "resize224") -> None:
@@ -151,16 +171,25 @@ class DinoV2Features(FeatureExtractor):
         suffix = "" if self.preprocessing == "resize224" else f"+{self.preprocessing}"
         return f"dinov2:{self.model_id}{suffix}"
 
-    def _forward(self, images: Sequence[Image.Image]) -> torch.Tensor:
-        small = [im.convert("RGB").resize((224, 224), Image.BICUBIC) for im in images]
+    def _forward(self, views: Sequence[ViewPixels]) -> torch.Tensor:
+        """The 224x224 bicubic resize of each view; ``resize224``: /255 and ImageNet mean/std on the device;
+        ``ar3d-r1-eval``: then transformers' PIL processor (on the CPU, image by image)."""
         if self._processor is not None:
-            x = self._processor(images=small, return_tensors="pt")["pixel_values"]
+            small = [Image.fromarray(v.resized[224], "RGB") for v in views]
+            x = self._processor(images=small, return_tensors="pt")["pixel_values"].to(self.device)
         else:
-            mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
-            std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
-            x = torch.stack([torch.from_numpy(np.array(im)).permute(2, 0, 1) for im in small]).float() / 255.0
-            x = (x - mean) / std
-        return self.model(pixel_values=x.to(self.device)).last_hidden_state[:, 0]
+            x = torch.from_numpy(np.stack([v.resized[224] for v in views])).to(self.device)
+            x = normalise(x, IMAGENET_MEAN, IMAGENET_STD)
+        return self.model(pixel_values=x).last_hidden_state[:, 0]
+
+
+def normalise(x: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
+    """uint8 images (n, H, W, 3) -> float32 (n, 3, H, W): ``(x / 255 - mean) / std`` per channel, in that order of
+    operations (torchvision's ToTensor then Normalize, so the values are the same to the last bit)."""
+    x = x.permute(0, 3, 1, 2).contiguous().float().div(255)
+    m = torch.tensor(mean, dtype=torch.float32, device=x.device).view(1, 3, 1, 1)
+    s = torch.tensor(std, dtype=torch.float32, device=x.device).view(1, 3, 1, 1)
+    return x.sub(m).div(s)
 
 
 def _eval_py_processor():
@@ -175,7 +204,8 @@ def _eval_py_processor():
 
 
 class FeatureCache:
-    """Features of rendered views, stored in ``folder/<extractor>-<weights hash>.npz`` keyed by view id."""
+    """Features of rendered views, stored in ``folder/<extractor>-<weights hash>.npz`` keyed by view id (float32;
+    a cache written as float64 by an earlier version reads as float32, the precision the models computed)."""
 
     def __init__(self, folder: Path, extractor: FeatureExtractor) -> None:
         digest = hashlib.sha256(extractor.weights_id.encode()).hexdigest()[:10]
@@ -184,20 +214,32 @@ class FeatureCache:
         self._store: dict[str, np.ndarray] = {}
         if self.path.exists():
             with np.load(self.path, allow_pickle=False) as data:
-                self._store = dict(zip(data["keys"].tolist(), data["features"]))
+                self._store = dict(zip(data["keys"].tolist(), data["features"].astype(np.float32)))
+        self._dirty = False
 
-    def get(self, keys: Sequence[str], loader) -> np.ndarray:
-        """Features for ``keys``; missing ones are computed from ``loader(key) -> PIL image`` and saved."""
-        missing = [k for k in keys if k not in self._store]
+    def missing(self, keys: Sequence[str]) -> list[str]:
+        return [k for k in keys if k not in self._store]
+
+    def put(self, keys: Sequence[str], features: np.ndarray) -> None:
+        """Store one feature row per key (kept in memory until :meth:`save`)."""
+        self._store.update(zip(keys, np.asarray(features, np.float32)))
+        self._dirty = True
+
+    def get(self, keys: Sequence[str]) -> np.ndarray:
+        """Features of ``keys``, float32 (len(keys), d); every key must be stored (fill them with the image pass,
+        :func:`mme3dr.scoring.fill_features`)."""
+        missing = self.missing(keys)
         if missing:
-            feats = self.extractor([loader(k) for k in missing])
-            self._store.update(zip(missing, feats))
-            self._save()
-        return np.stack([self._store[k] for k in keys]) if keys else np.zeros((0, 0))
+            raise KeyError(f"{self.path}: no features for {len(missing)} view(s), e.g. {missing[0]}")
+        return np.stack([self._store[k] for k in keys]) if keys else np.zeros((0, 0), np.float32)
 
-    def _save(self) -> None:
+    def save(self) -> None:
+        """Write the cache atomically, when anything was added."""
+        if not self._dirty:
+            return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         keys = list(self._store)
         buf = io.BytesIO()
         np.savez(buf, keys=np.array(keys), features=np.stack([self._store[k] for k in keys]))
-        atomic_write_bytes(self.path, buf.getvalue())
+        atomic_write_bytes(self.path, buf.getbuffer())  # a view of the buffer: no second copy of the features
+        self._dirty = False

@@ -51,6 +51,7 @@ recorded with the value. Compare FIDs only between runs with the same counts and
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -61,6 +62,8 @@ from mme3dr.defaults import DEFAULTS
 
 #: Kernel matrix elements held at once while summing over object pairs (64 MB of float64).
 _BLOCK_ELEMENTS = 1 << 23
+#: Rows of a feature set converted to float64 at once while fitting a Gaussian (memory stays flat in the views).
+_FIT_ROWS = 8192
 
 
 def default_subset_size(n_a: int, n_b: int) -> int:
@@ -79,13 +82,14 @@ def _check(a: np.ndarray, b: np.ndarray, need: int) -> None:
 class ObjectSet:
     """A feature set with rows sorted so that each object's views are contiguous."""
 
-    features: np.ndarray  # (N, d) float64
+    features: np.ndarray  # (N, d) float64, or float32 as given (then converted where used: the same values)
     views: np.ndarray  # (O,) views per object, in row order
     ids: np.ndarray  # (O,) object labels, in row order
 
     @classmethod
     def of(cls, features: np.ndarray, objects: Sequence | np.ndarray) -> ObjectSet:
-        x = np.asarray(features, np.float64)
+        x = np.asarray(features)
+        x = x if x.dtype in (np.float32, np.float64) else x.astype(np.float64)
         labels = np.asarray(objects)
         if x.ndim != 2 or labels.shape != (len(x),):
             raise ValueError(f"need one object label per feature row: features {x.shape}, labels {labels.shape}")
@@ -171,6 +175,7 @@ class ObjectKernel:
     def __init__(self, features: np.ndarray, objects: Sequence | np.ndarray, degree: int = 3,
                  gamma: float | None = None, coef0: float = 1.0) -> None:
         pool = ObjectSet.of(features, objects)
+        pool = dataclasses.replace(pool, features=np.asarray(pool.features, np.float64))  # sorted, then float64
         gamma = 1.0 / pool.features.shape[1] if gamma is None else gamma
         self.ids, self.views = pool.ids, pool.views
         self.index = {k: i for i, k in enumerate(pool.ids.tolist())}
@@ -268,10 +273,21 @@ class GaussianFit:
 
     @classmethod
     def of(cls, x: np.ndarray) -> GaussianFit:
-        x = np.asarray(x, np.float64)
-        centred = x - x.mean(axis=0)
-        factor = centred if len(x) <= x.shape[1] else np.linalg.qr(centred, mode="r")
-        return cls(x.mean(axis=0), float((centred**2).sum() / (len(x) - 1)), factor, len(x))
+        """Fit ``x`` (float32 or float64 rows; computed in float64). With more rows than dimensions the factor is
+        the R of a QR decomposition of the centred rows, accumulated over blocks of rows (R of [R_prev; block]),
+        so no float64 copy of the whole set is made; R^T R is the same Gram matrix."""
+        x = np.asarray(x)
+        n, d = x.shape
+        mean = x.mean(axis=0, dtype=np.float64)
+        if n <= d:
+            centred = np.asarray(x, np.float64) - mean
+            return cls(mean, float((centred**2).sum() / (n - 1)), centred, n)
+        factor, total = np.zeros((0, d)), 0.0
+        for start in range(0, n, _FIT_ROWS):
+            block = np.asarray(x[start:start + _FIT_ROWS], np.float64) - mean
+            total += float((block**2).sum())
+            factor = np.linalg.qr(np.vstack([factor, block]), mode="r")
+        return cls(mean, total / (n - 1), factor, n)
 
 
 def frechet_distance(p: GaussianFit, q: GaussianFit) -> float:
