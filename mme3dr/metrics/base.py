@@ -66,6 +66,11 @@ class MetricResult:
     details: dict[str, Any] = field(default_factory=dict)
     error: str | None = None
 
+    @classmethod
+    def failed(cls, exc: BaseException) -> MetricResult:
+        """The record of an item whose scoring raised ``exc``: ``"ExceptionType: message"``."""
+        return cls(error=f"{type(exc).__name__}: {exc}")
+
 
 class PromptMetric(ABC):
     """A metric computed per prompt. Subclasses set the class variables and implement :meth:`score`."""
@@ -79,6 +84,9 @@ class PromptMetric(ABC):
     #: True for pure CPU work with no model (e.g. geometry): the scoring stage may score items in worker processes
     #: (:func:`mme3dr.scoring.score_run`, ``workers``), so the metric object must pickle and score the same there.
     in_processes: ClassVar[bool] = False
+    #: Items per :meth:`score_many` call in the scoring stage (:func:`mme3dr.scoring.score_run`); a metric that
+    #: batches across items (the VLM judge) sets more.
+    batch_items: int = 1
 
     @abstractmethod
     def config(self) -> dict[str, Any]:
@@ -95,7 +103,7 @@ class PromptMetric(ABC):
             try:
                 out.append(self.score(item))
             except Exception as exc:  # recorded, never fatal for the other items
-                out.append(MetricResult(error=f"{type(exc).__name__}: {exc}"))
+                out.append(MetricResult.failed(exc))
         return out
 
     def config_hash(self) -> str:
