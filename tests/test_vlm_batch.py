@@ -17,7 +17,7 @@ import trimesh
 from PIL import Image
 
 from mme3dr.adapters import Generator, ModelSpec
-from mme3dr.data import ChecklistItem, load_benchmark
+from mme3dr.data import load_benchmark
 from mme3dr.generation import generate_run
 from mme3dr.metrics.base import ScoreItem
 from mme3dr.metrics.vlm import OpenAIVLM, TransformersVLM, VLMJudge, VLMRequestError
@@ -189,9 +189,10 @@ def test_scoring_stage_hands_the_judge_several_items(tmp_path: Path) -> None:
         (run / "scores.jsonl").unlink(missing_ok=True)
         backend = ItemAnswers()
         judge = VLMJudge(backend, batch_items=batch_items)
-        assert score_run(run, ["vlm"], preset, built=BuiltMetrics({"vlm": judge}, {}), progress=False).scored["vlm"] == 5
+        summary = score_run(run, ["vlm"], preset, built=BuiltMetrics({"vlm": judge}, {}), progress=False)
+        assert summary.scored["vlm"] == 5
         assert [n // 4 for n in backend.call_sizes] == ([1] * 5 if batch_items == 1 else [2, 2, 1])
-        records[batch_items] = [{k: v for k, v in dataclasses.asdict(r).items() if k not in ("seconds", "created")}
+        records[batch_items] = [{k: v for k, v in dataclasses.asdict(r).items() if k != "seconds"}
                                 for r in read_scores(run)]
     assert [r["prompt_id"] for r in records[2]] == [r.id for r in load_benchmark(limit=5)]
     assert records[2] == records[1]
