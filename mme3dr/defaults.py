@@ -85,9 +85,16 @@ class Defaults:
     vlm_views: int = 6
     vlm_view_elevation_deg: float = 20.0
     vlm_max_new_tokens: int = 256
+    #: VLM judge in-process (transformers): queries per batch, left-padded; the scoring stage hands the judge
+    #: ceil(vlm_batch_size / 4) prompts at a time (four judgments each). Does not change any score (greedy
+    #: decoding; in bf16 on a GPU a near-tie can rarely break the other way in another batch).
+    vlm_batch_size: int = 32
     #: OpenAI-compatible VLM server: seconds per request and attempts per query.
     vlm_timeout_s: float = 120.0
     vlm_retries: int = 3
+    #: OpenAI-compatible VLM server: requests in flight at once (a thread pool); the scoring stage hands the judge
+    #: ceil(vlm_concurrency / 4) prompts at a time.
+    vlm_concurrency: int = 16
     #: Environment variable holding the API key of the OpenAI-compatible VLM server (read when none is passed).
     vlm_api_key_env: str = "MME3DR_VLM_API_KEY"
     #: Main (object-aware) KID: bootstrap replicates over objects, seed (torch-fidelity's 2020, also used for the

@@ -327,7 +327,7 @@ def score_images(run_dir: Path, prompt: dict[str, tuple[Any, Plan]], items: list
                 key, failed = todo[name][item.prompt_id]
                 exc = res.error or res.failed.get(name)
                 if failed is None and exc is not None:
-                    failed = MetricResult(error=describe(exc))
+                    failed = MetricResult.failed(exc)
                 result = failed or metric.result(item, res.embeddings[name], texts[name][res.index])
                 _record(run_dir, metric, item, key, result, res.seconds if failed is None else 0.0, summary)
             if sets is not None and res.error is None:
@@ -343,8 +343,9 @@ def score_images(run_dir: Path, prompt: dict[str, tuple[Any, Plan]], items: list
 
 
 def _results(metric: PromptMetric, items: list[ScoreItem], workers: int) -> Iterator[tuple[MetricResult, float]]:
-    """``(result, seconds)`` of each item, in the order of ``items`` (``metric.score_many`` on one item at a time,
-    so one item's failure is its own error).
+    """``(result, seconds)`` of each item, in the order of ``items``: ``metric.score_many`` on ``metric.batch_items``
+    items at a time (one item's failure is its own error), each item's seconds being its call's time over the
+    number of items in the call.
 
     With ``workers > 1``, a metric that is pure CPU work (``metric.in_processes``) and more than one item, the
     items are scored in a :func:`~mme3dr.processes.spawn_pool` of ``min(workers, len(items))`` processes, each
@@ -352,10 +353,13 @@ def _results(metric: PromptMetric, items: list[ScoreItem], workers: int) -> Iter
     (:func:`mme3dr.assets.load_asset`), and the results come back in order; otherwise in this process.
     """
     if workers <= 1 or len(items) <= 1 or not metric.in_processes:
-        for item in items:
+        size = max(1, metric.batch_items)
+        for first in range(0, len(items), size):
+            chunk = items[first:first + size]
             start = time.perf_counter()
-            [result] = metric.score_many([item])
-            yield result, time.perf_counter() - start
+            results = metric.score_many(chunk)
+            seconds = (time.perf_counter() - start) / len(chunk)
+            yield from ((result, seconds) for result in results)
         return
     from mme3dr.processes import spawn_pool
 

@@ -179,7 +179,7 @@ class Boxes(Generator):
 class RecordingVLM:
     """Answers every query; remembers the checklist questions it was asked."""
 
-    kind, model, max_new_tokens = "recording", "recording-vlm", 64
+    kind, model, max_new_tokens, queries_per_call = "recording", "recording-vlm", 64, 4
 
     def __init__(self) -> None:
         self.asked: list[str] = []
@@ -191,6 +191,9 @@ class RecordingVLM:
         starts = tuple(f"{q}: " for q in qs)
         self.asked += [line.split(": ", 1)[1] for line in text.splitlines() if line.startswith(starts)]
         return json.dumps({**{k: 1 for k in keys}, **{q: "yes" for q in qs}})
+
+    def generate_many(self, queries) -> list[str]:
+        return [self.generate(images, text) for images, text in queries]
 
 
 CUSTOM_CHECKS = [{"type": "part", "question": "Does the custom lamp have a pull chain?", "answer": "yes"},

@@ -139,7 +139,20 @@ def test_tiny_builder_adds_extra_tokens(tmp_path: Path) -> None:
 # ---- value computation with canned answers -------------------------------------------------------------------
 
 
-class CannedVLM:
+class FakeVLM:
+    """A backend answering each query with ``self.generate(images, text)``; records the size of each call."""
+
+    kind, model, max_new_tokens, queries_per_call = "fake", "fake-vlm", 64, 4
+
+    def generate(self, images: list[Image.Image], text: str) -> str:
+        raise NotImplementedError
+
+    def generate_many(self, queries) -> list[str | Exception]:
+        self.__dict__.setdefault("call_sizes", []).append(len(queries))
+        return [self.generate(images, text) for images, text in queries]
+
+
+class CannedVLM(FakeVLM):
     """Answers each query from a dict keyed by the query's first schema key; records what it was asked and
     which views it was shown."""
 
@@ -276,7 +289,7 @@ def test_judge_needs_the_camera_poses(tmp_path: Path) -> None:
 # ---- a judge that cannot be gamed ----------------------------------------------------------------------------
 
 
-class TemplateCopier:
+class TemplateCopier(FakeVLM):
     """A judge that answers every query by copying the answer form it was shown (the query's last line)."""
 
     kind, model, max_new_tokens = "copier", "copier", 64
@@ -293,7 +306,7 @@ def test_copying_the_answer_template_scores_nothing(tmp_path: Path) -> None:
     assert all("template" in q["reason"] for q in result.details["queries"].values())
 
 
-class ConstantJudge:
+class ConstantJudge(FakeVLM):
     """Answers every checklist question with one word and scores everything else 1."""
 
     kind, model, max_new_tokens = "constant", "constant", 64

@@ -71,6 +71,11 @@ class MetricResult:
     details: dict[str, Any] = field(default_factory=dict)
     error: str | None = None
 
+    @classmethod
+    def failed(cls, exc: BaseException) -> MetricResult:
+        """The record of an item whose scoring raised ``exc``: ``"ExceptionType: message"``."""
+        return cls(error=describe(exc))
+
 
 class PromptMetric(ABC):
     """A metric computed per prompt. Subclasses set the class variables and implement :meth:`score`."""
@@ -88,6 +93,9 @@ class PromptMetric(ABC):
     #: (:func:`mme3dr.scoring.score_images`): it has ``clip`` (the model, :class:`~mme3dr.metrics.clip.ClipModel`)
     #: and ``result(item, image_embeddings, text_embedding)``, like :class:`~mme3dr.metrics.clip.ClipScore`.
     in_image_pass: ClassVar[bool] = False
+    #: Items per :meth:`score_many` call in the scoring stage (:func:`mme3dr.scoring.score_run`); a metric that
+    #: batches across items (the VLM judge) sets more.
+    batch_items: int = 1
 
     @abstractmethod
     def config(self) -> dict[str, Any]:
@@ -104,7 +112,7 @@ class PromptMetric(ABC):
             try:
                 out.append(self.score(item))
             except Exception as exc:  # recorded, never fatal for the other items
-                out.append(MetricResult(error=describe(exc)))
+                out.append(MetricResult.failed(exc))
         return out
 
     def config_hash(self) -> str:

@@ -214,4 +214,4 @@ class ClipScore(PromptMetric):
         return out
 
     def score_many(self, items: Sequence[ScoreItem]) -> list[MetricResult]:
-        return [MetricResult(error=describe(r)) if isinstance(r, Exception) else r for r in self.scored(items)]
+        return [MetricResult.failed(r) if isinstance(r, Exception) else r for r in self.scored(items)]

@@ -38,9 +38,11 @@ sit at azimuths 11, 67, 112, 191, 247 and 292 deg (largest gap 79 deg; the autho
 and elevations 14-40 deg, with no extra render. With ``--preset reward6`` (6 views) the judge sees exactly the
 authors' six reward views.
 
-Backends (anything with ``kind``, ``model``, ``max_new_tokens`` and ``generate(images, text) -> str``, greedy):
-:class:`TransformersVLM` runs a Qwen2-VL / Qwen2.5-VL checkpoint in-process; :class:`OpenAIVLM` calls an
-OpenAI-compatible server (e.g. vLLM serving the same checkpoint).
+Backends (:class:`VLMBackend`: ``kind``, ``model``, ``max_new_tokens``, ``queries_per_call`` and
+``generate_many(queries) -> list[str | Exception]``, greedy): :class:`TransformersVLM` runs a Qwen2-VL / Qwen2.5-VL
+checkpoint in-process, ``batch_size`` queries per batch; :class:`OpenAIVLM` calls an OpenAI-compatible server (e.g.
+vLLM serving the same checkpoint), ``concurrency`` requests in flight. :meth:`VLMJudge.score_many` asks all the
+queries of its items in one ``generate_many`` call; the scoring stage hands it ``batch_items`` items at a time.
 """
 
 from __future__ import annotations
@@ -49,10 +51,13 @@ import base64
 import http.client
 import io
 import json
+import math
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Protocol
 
@@ -127,14 +132,36 @@ REPORT_BESIDE: dict[str, tuple[tuple[str, str], ...]] = {
 }
 
 
+#: One query: the images of one user message, in order, and its text.
+Query = tuple[list[Image.Image], str]
+
+#: Queries per judged item (consistency, category, appearance, checklist).
+QUERIES_PER_ITEM = 4
+
+
 class VLMBackend(Protocol):
-    """What :class:`VLMJudge` needs from a model: greedy answers to one user message with several images."""
+    """What :class:`VLMJudge` needs from a model: greedy answers to user messages with several images.
+
+    ``generate_many`` answers every query, in the order given: the answer text, or the exception that query
+    raised (one query's failure never takes the others with it). ``queries_per_call``: how many queries one call
+    should carry to keep the backend busy (a batch, or the requests in flight)."""
 
     kind: str
     model: str
     max_new_tokens: int
 
-    def generate(self, images: list[Image.Image], text: str) -> str: ...
+    @property
+    def queries_per_call(self) -> int: ...
+
+    def generate_many(self, queries: Sequence[Query]) -> list[str | Exception]: ...
+
+
+def answer_one(backend: VLMBackend, images: list[Image.Image], text: str) -> str:
+    """One query through ``backend.generate_many``; its failure is raised."""
+    [answer] = backend.generate_many([(images, text)])
+    if isinstance(answer, Exception):
+        raise answer
+    return answer
 
 
 class VLMRequestError(Mme3drError, RuntimeError):
@@ -177,9 +204,39 @@ def azimuth_elevation_deg(positions: np.ndarray) -> np.ndarray:
                      np.degrees(np.arcsin(z / np.linalg.norm(positions, axis=1)))], axis=-1)
 
 
+@dataclass(frozen=True)
+class Judgment:
+    """One judgment's query: its name in ``details["queries"]``, text, answer form, answer keys and kind."""
+
+    name: str
+    text: str
+    schema: str
+    keys: tuple[str, ...]
+    kind: AnswerKind
+
+
+@dataclass(frozen=True)
+class JudgePlan:
+    """What the judge asks about one item: the chosen views (files, camera positions, images) and the judgments."""
+
+    item: ScoreItem
+    paths: list[Path]
+    positions: np.ndarray
+    images: list[Image.Image]
+    judgments: tuple[Judgment, ...]
+
+    def queries(self) -> list[Query]:
+        return [(self.images, j.text) for j in self.judgments]
+
+
 class VLMJudge(PromptMetric):
     """The four VLM judgments of one asset, their failures and the checklist baselines (see the module docstring),
-    from ``views`` renders chosen all round the object."""
+    from ``views`` renders chosen all round the object.
+
+    ``batch_items``: items per :meth:`score_many` call in the scoring stage, by default
+    ``ceil(backend.queries_per_call / 4)`` (four judgments an item). Batching never changes a record: an item's
+    answers, parsing and values are those of :meth:`score`; an item whose views fail to load, or one of whose
+    queries fails, gets its own error (the first failure, in judgment order), and the others go on."""
 
     name: ClassVar[str] = "vlm"
     needs: ClassVar[str] = "renders"
@@ -188,12 +245,16 @@ class VLMJudge(PromptMetric):
         "vlm_unparsed": LOWER, "vlm_checklist_all_yes": NONE, "vlm_checklist_all_no": NONE}
 
     def __init__(self, backend: VLMBackend | None = None, views: int = DEFAULTS.vlm_views,
-                 view_elevation_deg: float = DEFAULTS.vlm_view_elevation_deg) -> None:
+                 view_elevation_deg: float = DEFAULTS.vlm_view_elevation_deg, batch_items: int | None = None) -> None:
         if views < 1:
             raise InputError(f"views must be >= 1, got {views}")
         self.backend: VLMBackend = backend if backend is not None else TransformersVLM()
         self.views = views
         self.view_elevation_deg = view_elevation_deg
+        self.batch_items = (batch_items if batch_items is not None
+                            else max(1, math.ceil(self.backend.queries_per_call / QUERIES_PER_ITEM)))
+        if self.batch_items < 1:
+            raise InputError(f"batch_items must be >= 1, got {self.batch_items}")
 
     def config(self) -> dict[str, Any]:
         return {"backend": self.backend.kind, "model": self.backend.model, "views": self.views,
@@ -214,42 +275,81 @@ class VLMJudge(PromptMetric):
         chosen = judge_views(positions, self.views, self.view_elevation_deg)
         return [paths[i] for i in chosen], positions[chosen]
 
-    def score(self, item: ScoreItem) -> MetricResult:
+    def plan(self, item: ScoreItem) -> JudgePlan:
+        """The item's chosen views, loaded, and its judgments (the checklist only when the item has one)."""
         paths, positions = self.choose_views(item)
         images = []
         for path in paths:
             with Image.open(path) as img:
                 images.append(composite(img))
         n = len(images)
+        judgments = [
+            Judgment("consistency", CONSISTENCY_PROMPT.format(n=n, schema=CONSISTENCY_SCHEMA), CONSISTENCY_SCHEMA,
+                     CONSISTENCY_KEYS, "score"),
+            Judgment("category", CATEGORY_PROMPT.format(n=n, prompt=item.prompt, schema=CATEGORY_SCHEMA),
+                     CATEGORY_SCHEMA, CATEGORY_KEYS, "binary"),
+            Judgment("appearance", APPEARANCE_PROMPT.format(n=n, schema=APPEARANCE_SCHEMA), APPEARANCE_SCHEMA,
+                     APPEARANCE_KEYS, "score"),
+        ]
+        if item.checklist:
+            keys = tuple(f"q{i}" for i in range(1, len(item.checklist) + 1))
+            judgments.append(Judgment("checklist", checklist_prompt([c.question for c in item.checklist], n),
+                                      checklist_schema(len(keys)), keys, "yesno"))
+        return JudgePlan(item, paths, positions, images, tuple(judgments))
+
+    def score(self, item: ScoreItem) -> MetricResult:
+        plan = self.plan(item)
+        answers = self.backend.generate_many(plan.queries())
+        for answer in answers:
+            if isinstance(answer, Exception):
+                raise answer
+        return self.result(plan, answers)
+
+    def score_many(self, items: Sequence[ScoreItem]) -> list[MetricResult]:
+        """Every item's queries in one ``backend.generate_many`` call; records as :meth:`score` gives them."""
+        plans: list[JudgePlan | MetricResult] = []
+        for item in items:
+            try:
+                plans.append(self.plan(item))
+            except Exception as exc:  # recorded, never fatal for the other items
+                plans.append(MetricResult.failed(exc))
+        queries = [q for plan in plans if isinstance(plan, JudgePlan) for q in plan.queries()]
+        answers = iter(self.backend.generate_many(queries) if queries else [])
+        out = []
+        for plan in plans:
+            if isinstance(plan, MetricResult):
+                out.append(plan)
+                continue
+            mine = [next(answers) for _ in plan.judgments]
+            failed = next((a for a in mine if isinstance(a, Exception)), None)
+            try:
+                out.append(MetricResult.failed(failed) if failed is not None else self.result(plan, mine))
+            except Exception as exc:
+                out.append(MetricResult.failed(exc))
+        return out
+
+    def result(self, plan: JudgePlan, answers: Sequence[str]) -> MetricResult:
+        """The item's values and details from the answers to its judgments (in the order of ``plan.judgments``)."""
+        item = plan.item
         queries: dict[str, dict[str, Any]] = {}
-
-        def ask(query: str, text: str, schema: str, keys: Sequence[str],
-                kind: AnswerKind) -> dict[str, float | str] | None:
-            response = self.backend.generate(images, text)
-            parsed = parse_json_answer(response, keys, kind, template=schema)
-            queries[query] = {"response": response, "parsed": parsed.value, "parse_failed": not parsed.ok,
-                              "reason": parsed.error, "method": parsed.method}
-            return parsed.value
-
-        consistency = ask("consistency", CONSISTENCY_PROMPT.format(n=n, schema=CONSISTENCY_SCHEMA),
-                          CONSISTENCY_SCHEMA, CONSISTENCY_KEYS, "score")
-        category = ask("category", CATEGORY_PROMPT.format(n=n, prompt=item.prompt, schema=CATEGORY_SCHEMA),
-                       CATEGORY_SCHEMA, CATEGORY_KEYS, "binary")
-        appearance = ask("appearance", APPEARANCE_PROMPT.format(n=n, schema=APPEARANCE_SCHEMA),
-                         APPEARANCE_SCHEMA, APPEARANCE_KEYS, "score")
+        parsed_by: dict[str, dict[str, float | str] | None] = {}
+        for judgment, response in zip(plan.judgments, answers, strict=True):
+            parsed = parse_json_answer(response, judgment.keys, judgment.kind, template=judgment.schema)
+            queries[judgment.name] = {"response": response, "parsed": parsed.value, "parse_failed": not parsed.ok,
+                                      "reason": parsed.error, "method": parsed.method}
+            parsed_by[judgment.name] = parsed.value
         values: dict[str, float | None] = {
-            "vlm_consistency": _total(consistency, CONSISTENCY_KEYS),
-            "vlm_category": _total(category, CATEGORY_KEYS),
-            "vlm_appearance": _total(appearance, APPEARANCE_KEYS),
+            "vlm_consistency": _total(parsed_by["consistency"], CONSISTENCY_KEYS),
+            "vlm_category": _total(parsed_by["category"], CATEGORY_KEYS),
+            "vlm_appearance": _total(parsed_by["appearance"], APPEARANCE_KEYS),
             "vlm_checklist": None, "vlm_unparsed": None, "vlm_checklist_all_yes": None, "vlm_checklist_all_no": None,
         }
         checks: list[dict[str, Any]] = []
         if item.checklist:
             keys = [f"q{i}" for i in range(1, len(item.checklist) + 1)]
-            answers = ask("checklist", checklist_prompt([c.question for c in item.checklist], n),
-                          checklist_schema(len(keys)), keys, "yesno")
+            answered = parsed_by["checklist"]
             for key, check in zip(keys, item.checklist):
-                answer, expected = None if answers is None else answers[key], check.answer.strip().lower()
+                answer, expected = None if answered is None else answered[key], check.answer.strip().lower()
                 checks.append({"type": check.type, "question": check.question, "expected": expected,
                                "answer": answer, "correct": answer == expected})  # no answer: wrong
             values["vlm_checklist"] = float(np.mean([c["correct"] for c in checks]))
@@ -257,8 +357,8 @@ class VLMJudge(PromptMetric):
             values["vlm_checklist_all_no"] = float(np.mean([c["expected"] == "no" for c in checks]))
         failures = sum(q["parse_failed"] for q in queries.values())
         values["vlm_unparsed"] = failures / len(queries)
-        angles = azimuth_elevation_deg(positions)
-        details = {"views": [int(p.stem) for p in paths], "view_azimuth_deg": angles[:, 0].round(3).tolist(),
+        angles = azimuth_elevation_deg(plan.positions)
+        details = {"views": [int(p.stem) for p in plan.paths], "view_azimuth_deg": angles[:, 0].round(3).tolist(),
                    "view_elevation_deg": angles[:, 1].round(3).tolist(), "queries": queries, "checklist": checks,
                    "parse_failures": failures}
         return MetricResult(values=values, details=details)
@@ -270,25 +370,48 @@ def _total(parsed: dict[str, float | str] | None, keys: Sequence[str]) -> float:
 
 
 class TransformersVLM:
-    """A Qwen2-VL / Qwen2.5-VL checkpoint run with ``transformers``; greedy decoding.
+    """A Qwen2-VL / Qwen2.5-VL checkpoint run with ``transformers``; greedy decoding, ``batch_size`` queries a batch.
 
     ``model`` is a hub id or a local folder (an absolute or ``./`` path that does not exist fails at once); for a
     hub id a copy under ``$MME3DR_WEIGHTS`` (``org--name``) is preferred to the hub. Weights load on the first
-    :meth:`generate` (or :meth:`load`), so building the metric and computing its cache key never touch them. ``device`` defaults to CUDA when available, ``dtype`` to bfloat16 on CUDA and
-    float32 on the CPU. Decoding is greedy (``do_sample=False``); the checkpoint's other generation settings
-    (e.g. Qwen's ``repetition_penalty``) apply, as they do by default in vLLM.
+    :meth:`generate_many` (or :meth:`load`), so building the metric and computing its cache key never touch them.
+    ``device`` defaults to CUDA when available, ``dtype`` to bfloat16 on CUDA and float32 on the CPU. Decoding is
+    greedy (``do_sample=False``); the checkpoint's other generation settings (e.g. Qwen's ``repetition_penalty``)
+    apply, as they do by default in vLLM.
+
+    Batches (:meth:`answer_ids`): the queries of one call, longest text first, ``batch_size`` at a time, padded on
+    the left. Queries that share the same image objects (the four judgments of one item) have their views encoded
+    once by the vision tower, and the language model gets the features (``mm_encoder_outputs``) instead of the
+    pixels. A batch that raises is answered again one query at a time, so a failure stays its own query's.
     """
 
     kind = "transformers"
 
     def __init__(self, model: str = DEFAULTS.vlm_model, device: str | None = None, dtype: Any = None,
-                 max_new_tokens: int = DEFAULTS.vlm_max_new_tokens) -> None:
+                 max_new_tokens: int = DEFAULTS.vlm_max_new_tokens, batch_size: int = DEFAULTS.vlm_batch_size) -> None:
+        if batch_size < 1:
+            raise InputError(f"batch_size (queries per batch) must be >= 1, got {batch_size}")
         self.model = model
         self.device = device
         self.dtype = dtype
         self.max_new_tokens = max_new_tokens
+        self.batch_size = batch_size
         self._processor: Any = None
         self._net: Any = None
+
+    @classmethod
+    def from_loaded(cls, processor: Any, net: Any, model: str, max_new_tokens: int = DEFAULTS.vlm_max_new_tokens,
+                    batch_size: int = DEFAULTS.vlm_batch_size) -> TransformersVLM:
+        """A backend around a processor and model already in memory (benchmarks: a model built from its config);
+        ``model`` names it in the metric config."""
+        backend = cls(model, device=str(net.device), dtype=net.dtype, max_new_tokens=max_new_tokens,
+                      batch_size=batch_size)
+        backend._processor, backend._net = processor, net.eval()
+        return backend
+
+    @property
+    def queries_per_call(self) -> int:
+        return self.batch_size
 
     def load(self) -> None:
         """Load processor and model now; :class:`MissingWeightsError` says how to provide missing weights."""
@@ -316,17 +439,73 @@ class TransformersVLM:
 
     def generate(self, images: list[Image.Image], text: str) -> str:
         """The model's greedy answer to one user message: all ``images``, then ``text``."""
-        import torch
+        return answer_one(self, images, text)
 
+    def generate_many(self, queries: Sequence[Query]) -> list[str | Exception]:
+        """The greedy answer to each query (or the exception it raised), in the order of ``queries``."""
+        return [ids if isinstance(ids, Exception) else self._processor.decode(ids, skip_special_tokens=True)
+                for ids in self.answer_ids(queries)]
+
+    def answer_ids(self, queries: Sequence[Query]) -> list[list[int] | Exception]:
+        """The generated token ids of each query up to and with its end-of-sequence token (or the exception it
+        raised), in the order of ``queries``; batched as the class docstring says."""
         self.load()
-        content = [{"type": "image"} for _ in images] + [{"type": "text", "text": text}]
-        prompt = self._processor.apply_chat_template([{"role": "user", "content": content}],
-                                                     add_generation_prompt=True, tokenize=False)
-        inputs = self._processor(text=[prompt], images=images or None, return_tensors="pt").to(self._net.device)
+        order = sorted(range(len(queries)), key=lambda i: (len(queries[i][0]), len(queries[i][1])), reverse=True)
+        features: dict[tuple[int, ...], tuple[Any, ...]] = {}  # encoded views by the ids of their image objects
+        out: list[list[int] | Exception] = [ValueError("not answered")] * len(queries)
+        for start in range(0, len(order), self.batch_size):
+            chunk = order[start:start + self.batch_size]
+            try:
+                answers: list[list[int] | Exception] = list(self._batch([queries[i] for i in chunk], features))
+            except Exception as exc:  # e.g. out of memory, or one query's images: answer each alone
+                answers = [exc] if len(chunk) == 1 else [self.answer_ids([queries[i]])[0] for i in chunk]
+            for i, answer in zip(chunk, answers, strict=True):
+                out[i] = answer
+        return out
+
+    def _batch(self, queries: Sequence[Query], features: dict[tuple[int, ...], tuple[Any, ...]]) -> list[list[int]]:
+        """One left-padded ``generate`` over ``queries``; views already in ``features`` are not encoded again."""
+        import torch
+        from transformers.modeling_outputs import BaseModelOutputWithPooling
+
+        prompts = [self._processor.apply_chat_template(
+            [{"role": "user", "content": [{"type": "image"} for _ in images] + [{"type": "text", "text": text}]}],
+            add_generation_prompt=True, tokenize=False) for images, text in queries]
+        flat = [img for images, _ in queries for img in images]
+        inputs = self._processor(text=prompts, images=flat or None, padding=True, padding_side="left",
+                                 return_tensors="pt").to(self._net.device)
+        kwargs = dict(inputs)
+        pixels = kwargs.pop("pixel_values", None)
+        if pixels is not None:
+            grid = kwargs["image_grid_thw"]
+            rows = [0, *np.cumsum(grid.prod(-1).tolist()).tolist()]  # pixel rows of image k: rows[k]:rows[k+1]
+            per_image: list[Any] = []
+            first = 0  # index of the query's first image among all images of the batch
+            for images, _ in queries:
+                key, last = tuple(id(img) for img in images), first + len(images)
+                if images and key not in features:
+                    with torch.inference_mode():
+                        encoded = self._net.model.get_image_features(
+                            pixels[rows[first]:rows[last]], grid[first:last], return_dict=True)
+                    features[key] = tuple(encoded.pooler_output)
+                per_image.extend(features.get(key, ()))
+                first = last
+            kwargs["mm_encoder_outputs"] = {"image": BaseModelOutputWithPooling(pooler_output=tuple(per_image))}
         with torch.inference_mode():
-            out = self._net.generate(**inputs, max_new_tokens=self.max_new_tokens, do_sample=False,
+            out = self._net.generate(**kwargs, max_new_tokens=self.max_new_tokens, do_sample=False,
                                      temperature=None, top_p=None, top_k=None)
-        return self._processor.decode(out[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
+        ends = self._net.generation_config.eos_token_id
+        ends = set(ends if isinstance(ends, (list, tuple)) else [] if ends is None else [ends])
+        new = out[:, inputs["input_ids"].shape[1]:].tolist()
+        return [_until_end(row, ends) for row in new]
+
+
+def _until_end(ids: list[int], ends: set[int]) -> list[int]:
+    """Token ids up to and with the first end-of-sequence id (a finished row of a batch is padded after it)."""
+    for k, token in enumerate(ids):
+        if token in ends:
+            return ids[:k + 1]
+    return ids
 
 
 class OpenAIVLM:
@@ -335,17 +514,22 @@ class OpenAIVLM:
     Each query is one user message: the images as base64 PNG data URLs (``image_url`` parts), then the text;
     ``temperature`` 0 (greedy) and ``max_tokens`` = ``max_new_tokens``. ``retries`` is the number of attempts:
     connection errors, timeouts (``timeout`` seconds per attempt), HTTP 429 and 5xx are retried after
-    ``backoff_s``, doubled each time; other HTTP errors and malformed replies fail at once. Failure raises
-    :class:`VLMRequestError` with the URL and the last error.
+    ``backoff_s``, doubled each time; other HTTP errors and malformed replies fail at once. A failed query's
+    answer is a :class:`VLMRequestError` with the URL and the last error (:meth:`generate` raises it).
+    :meth:`generate_many` sends up to ``concurrency`` requests at once (a thread pool), each with its own timeout
+    and retries, and returns the answers in the order of the queries.
     """
 
     kind = "openai"
 
     def __init__(self, base_url: str, model: str, api_key: str | None = None,
                  timeout: float = DEFAULTS.vlm_timeout_s, retries: int = DEFAULTS.vlm_retries,
-                 max_new_tokens: int = DEFAULTS.vlm_max_new_tokens, backoff_s: float = 1.0) -> None:
+                 max_new_tokens: int = DEFAULTS.vlm_max_new_tokens, backoff_s: float = 1.0,
+                 concurrency: int = DEFAULTS.vlm_concurrency) -> None:
         if retries < 1:
             raise InputError(f"retries (attempts per query) must be >= 1, got {retries}")
+        if concurrency < 1:
+            raise InputError(f"concurrency (requests in flight) must be >= 1, got {concurrency}")
         self.url = base_url.rstrip("/") + "/chat/completions"
         self.model = model
         self.api_key = api_key
@@ -353,6 +537,11 @@ class OpenAIVLM:
         self.retries = retries
         self.max_new_tokens = max_new_tokens
         self.backoff_s = backoff_s
+        self.concurrency = concurrency
+
+    @property
+    def queries_per_call(self) -> int:
+        return self.concurrency
 
     def request_body(self, images: list[Image.Image], text: str) -> dict[str, Any]:
         """The JSON body of one query."""
@@ -362,6 +551,23 @@ class OpenAIVLM:
                 "max_tokens": self.max_new_tokens}
 
     def generate(self, images: list[Image.Image], text: str) -> str:
+        """The server's answer to one query; :class:`VLMRequestError` when there is none."""
+        return answer_one(self, images, text)
+
+    def generate_many(self, queries: Sequence[Query]) -> list[str | Exception]:
+        """Each query's answer (or its error), in the order of ``queries``, ``concurrency`` requests at a time."""
+        if not queries:
+            return []
+        with ThreadPoolExecutor(max_workers=min(self.concurrency, len(queries))) as pool:
+            return list(pool.map(self._answer, queries))
+
+    def _answer(self, query: Query) -> str | Exception:
+        try:
+            return self._post(*query)
+        except Exception as exc:  # this query's failure, never the others'
+            return exc
+
+    def _post(self, images: list[Image.Image], text: str) -> str:
         headers = {"Content-Type": "application/json"}
         if self.api_key:
             headers["Authorization"] = f"Bearer {self.api_key}"
