@@ -29,7 +29,7 @@ from PIL import Image
 
 from mme3dr.defaults import DEFAULTS
 from mme3dr.errors import InputError
-from mme3dr.metrics.base import HIGHER, MetricResult, PromptMetric, ScoreItem, describe
+from mme3dr.metrics.base import HIGHER, MetricResult, PromptMetric, ScoreItem
 from mme3dr.metrics.features import normalise
 from mme3dr.metrics.views import ViewPixels, prepare
 from mme3dr.weights import (MissingWeightsError, UnsafeWeightsError, local_candidates, missing_message,
