@@ -309,6 +309,31 @@ def time_image_metrics(a, run: Path, preset, tmp: Path, result: dict) -> None:
     score_run(run, IMAGE_METRICS[1:], preset, ref, opts, progress=False, built=built)
     stages["set_math"] = round(time.perf_counter() - t, 3)
     result["set_scores_overall"] = {m: r.overall.value for m, r in s.set_scores.items()}
+    result["image_pass_parts"] = image_pass_parts(run, built, opts)
+
+
+def image_pass_parts(run: Path, built, opts) -> dict:
+    """Where the image pass spends its time: decoding alone (the views of every prompt through
+    :func:`~mme3dr.metrics.views.stream_views`, no model), and each model alone on views decoded beforehand
+    (at most 20 batches, the device synchronised), in images/s."""
+    from mme3dr.metrics.views import stream_views
+
+    models = {"clip": built.prompt["clip"].clip, **built.extractors}
+    sizes = sorted({s for m in models.values() for s in m.sizes})
+    groups = [sorted((d).glob("[0-9][0-9][0-9].png")) for d in sorted((run / "renders").glob("*/*")) if d.is_dir()]
+    groups = [g for g in groups if g]
+    t = time.perf_counter()
+    views = [v for grp in stream_views(groups, sizes, opts.decode_threads) for v in grp.views]
+    out = {"decode_images_per_s": round(len(views) / (time.perf_counter() - t), 1)}
+    sample = views[:20 * opts.batch_size]
+    for name, model in models.items():
+        model.embed(sample[:opts.batch_size])  # warm-up
+        _sync(opts.device)
+        t = time.perf_counter()
+        model.embed(sample)
+        _sync(opts.device)
+        out[f"{name}_images_per_s"] = round(len(sample) / (time.perf_counter() - t), 1)
+    return out
 
 
 def _sync(device) -> None:

@@ -7,6 +7,7 @@ import functools
 import json
 import os
 import sys
+from contextlib import contextmanager, nullcontext
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Optional
@@ -222,6 +223,17 @@ def presets() -> None:
     out.print(t)
 
 
+@contextmanager
+def _stage(run: Path):
+    """A run stage under ``torchrun`` or alone (:mod:`mme3dr.distributed`): yields this process's ranks; rank 0
+    holds the run lock (the other ranks write only their own prompts' folders)."""
+    from mme3dr.distributed import joined
+    from mme3dr.runlock import run_lock
+
+    with joined() as ranks, (run_lock(run) if ranks.main else nullcontext()):
+        yield ranks
+
+
 @app.command()
 @friendly_errors
 def render(
@@ -243,10 +255,10 @@ def render(
 
     p = _preset(preset, background, resolution)
     if target.is_dir() and (target / runfiles.GENERATIONS).exists():
-        from mme3dr.runlock import run_lock
-
-        with run_lock(target):
-            summary = render_run(target, p, cameras, workers, backend, depth, normals, progress)
+        with _stage(target) as ranks:
+            summary = render_run(target, p, cameras, workers, backend, depth, normals, progress and ranks.main, ranks)
+        if not ranks.main:
+            return
     elif target.is_file():
         if out_dir is None:
             raise InputError("rendering one mesh needs --out DIR")
@@ -323,16 +335,18 @@ def score(
     Weights come from --*-weights/--*-model paths, then $MME3DR_WEIGHTS, then the hub; every missing weight is
     named up front, with how to provide it.
     """
-    from mme3dr.runlock import run_lock
     from mme3dr.scoring import build_metrics, score_run
 
     quiet_libraries(progress)
     options = _score_options(device, batch_size, clip_model, clip_pretrained, clip_weights, inception_weights,
                              dinov2_model, vlm_model, vlm_server, decode_threads)
     p = _preset(preset)
-    built = build_metrics(metrics.split(","), p, reference, options)
-    with run_lock(run):
-        summary = score_run(run, metrics.split(","), p, reference, options, progress, built, source, workers)
+    with _stage(run) as ranks:
+        built = build_metrics(metrics.split(","), p, reference, options)
+        summary = score_run(run, metrics.split(","), p, reference, options, progress and ranks.main, built, source,
+                            workers, ranks)
+    if not ranks.main:
+        return
     for line in summary.lines():
         err.print(line, highlight=False, markup=False, soft_wrap=True)
 
@@ -376,9 +390,15 @@ def evaluate(
     quiet_libraries(progress)
     options = _score_options(device, batch_size, clip_model, clip_pretrained, clip_weights, inception_weights,
                              dinov2_model, vlm_model, vlm_server, decode_threads)
-    summary = run_evaluate(model, out_dir, parse_model_args(model_arg or []), metrics.split(","), reference, category,
-                           limit, seed, _preset(preset, resolution=resolution), options, source, workers or 1, report,
-                           progress, retry_failed, workers or DEFAULTS.score_workers)
+    from mme3dr.distributed import joined
+
+    with joined() as ranks:
+        summary = run_evaluate(model, out_dir, parse_model_args(model_arg or []), metrics.split(","), reference,
+                               category, limit, seed, _preset(preset, resolution=resolution), options, source,
+                               workers or 1, report, progress and ranks.main, retry_failed,
+                               workers or DEFAULTS.score_workers, ranks)
+    if not ranks.main:
+        return
     for line in summary.lines():
         err.print(line, highlight=False, markup=False, soft_wrap=True)
 

@@ -102,6 +102,8 @@ class Defaults:
     kid_bootstrap: int = 1000
     kid_seed: int = 2020
     kid_max_objects: int = 1000
+    #: torch.distributed (``torchrun``): how long a rank waits for the others (rank 0 generates alone).
+    dist_timeout_minutes: float = 24 * 60.0
     #: Pooled (paper-style) KID: subsets and the largest subset size in views (torch-fidelity's defaults).
     kid_pooled_subsets: int = 100
     kid_pooled_max_subset: int = 1000

@@ -12,6 +12,7 @@ render with a damaged file is rendered again (:func:`mme3dr.render.output.render
 from __future__ import annotations
 
 import time
+from contextlib import nullcontext
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +22,7 @@ from mme3dr import runfiles
 from mme3dr.adapters import ModelSpec, coerce_model_args, create_generator
 from mme3dr.data import load_benchmark
 from mme3dr.defaults import DEFAULTS
+from mme3dr.distributed import Ranks
 from mme3dr.generation import GenerationSummary, generate_run, read_generations
 from mme3dr.metrics.specs import ScoreOptions
 from mme3dr.render.presets import RenderPreset, get_preset
@@ -65,9 +67,12 @@ def evaluate(model: str, out: Path | str, model_args: dict[str, Any] | None = No
              categories: Sequence[str] | None = None, limit: int | None = None, seed: int = DEFAULTS.seed,
              preset: RenderPreset | None = None, options: ScoreOptions | None = None, source: str | None = None,
              workers: int = 1, report: bool = True, progress: bool = True,
-             retry_failed: bool = False, score_workers: int = DEFAULTS.score_workers) -> EvaluationSummary:
+             retry_failed: bool = False, score_workers: int = DEFAULTS.score_workers,
+             ranks: Ranks = Ranks()) -> EvaluationSummary:
     """Run the whole benchmark for one model into ``out`` (see the module docstring). ``workers``: rendering
     processes; ``score_workers``: processes of the CPU-only metrics (geometry; :func:`~mme3dr.scoring.score_run`).
+    ``ranks`` (:mod:`mme3dr.distributed`, under ``torchrun``): rank 0 generates, holds the run lock, writes
+    ``run.json`` and the report; every rank renders and scores its share of the prompts.
 
     Before anything is written (the run folder is not even created), the prompts, the model and its arguments, the
     reference set and every weight are checked; all missing weights (the generator's and every metric's) are named
@@ -83,29 +88,35 @@ def evaluate(model: str, out: Path | str, model_args: dict[str, Any] | None = No
     check.attempt(f"model {model}", generator.check)
     built = build_metrics(metrics, preset, reference, options, check)
     check.raise_if_missing(no_weights_hint(metrics))
-    with run_lock(out):
+    with run_lock(out) if ranks.main else nullcontext():
         spec = ModelSpec(model, model_args)
-        update_run_info(out, model=spec.to_dict(), seed=seed, preset={"name": preset.name, "hash": preset.hash,
-                        "tag": preset.tag, "params": preset.params()}, metrics=list(metrics),
-                        reference=None if reference is None else str(reference))  # generate_run adds prompts
         timings: dict[str, float] = {}
         t = time.perf_counter()
-        gen = generate_run(generator, bench, out, seed=seed, model_spec=spec, progress=progress,
-                           retry_failed=retry_failed)
+        gen = GenerationSummary(out, len(bench), 0, 0, 0, 0.0)  # rank 0's is the real one
+        if ranks.main:
+            update_run_info(out, model=spec.to_dict(), seed=seed, preset={"name": preset.name, "hash": preset.hash,
+                            "tag": preset.tag, "params": preset.params()}, metrics=list(metrics),
+                            reference=None if reference is None else str(reference))  # generate_run adds prompts
+            gen = generate_run(generator, bench, out, seed=seed, model_spec=spec, progress=progress,
+                               retry_failed=retry_failed)
+        ranks.barrier()  # the other ranks wait for the generations
         timings["generate"] = time.perf_counter() - t
         t = time.perf_counter()
-        ren = render_run(out, preset, workers=workers, progress=progress)
+        ren = render_run(out, preset, workers=workers, progress=progress, ranks=ranks)
         timings["render"] = time.perf_counter() - t
         t = time.perf_counter()
-        sco = score_run(out, metrics, preset, reference, options, progress, built, workers=score_workers)
+        sco = score_run(out, metrics, preset, reference, options, progress, built, workers=score_workers, ranks=ranks)
         timings["score"] = time.perf_counter() - t
         report_dir = None
-        if report:
+        if report and ranks.main:
             from mme3dr.report import build_report
 
             t = time.perf_counter()
             report_dir = build_report([out], out / runfiles.REPORT_DIR).folder
             timings["report"] = time.perf_counter() - t
-        update_run_info(out, metric_configs=_metric_configs(out), timings={k: round(v, 3) for k, v in timings.items()},
-                        counts={"prompts": len(bench), "generated_ok": sum(g.ok for g in read_generations(out).values())})
+        if ranks.main:
+            update_run_info(out, metric_configs=_metric_configs(out),
+                            timings={k: round(v, 3) for k, v in timings.items()},
+                            counts={"prompts": len(bench),
+                                    "generated_ok": sum(g.ok for g in read_generations(out).values())})
     return EvaluationSummary(gen, ren, sco, report_dir, timings)

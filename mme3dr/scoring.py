@@ -29,6 +29,7 @@ from mme3dr import runfiles
 from mme3dr.categories import CATEGORIES
 from mme3dr.data import PACKAGED_SOURCE, ChecklistItem, load_benchmark
 from mme3dr.defaults import DEFAULTS
+from mme3dr.distributed import Ranks
 from mme3dr.errors import InputError, MissingInputError
 from mme3dr.generation import GenerationRecord, read_generations
 from mme3dr.jsonl import read_json
@@ -197,13 +198,18 @@ def build_metrics(metrics: Sequence[str], preset: RenderPreset, reference: Path 
 def score_run(run_dir: Path | str, metrics: Sequence[str], preset: RenderPreset, reference: Path | str | None = None,
               options: ScoreOptions | None = None, progress: bool = True,
               built: BuiltMetrics | None = None, source: str | None = None,
-              workers: int = DEFAULTS.score_workers) -> ScoreSummary:
+              workers: int = DEFAULTS.score_workers, ranks: Ranks = Ranks()) -> ScoreSummary:
     """Score a run with ``metrics`` (names registered in :data:`~mme3dr.metrics.specs.METRICS`); ``built`` reuses
     :func:`build_metrics` output. Checklists come from the run's own prompt set (``run.json``), or from
     ``source`` (a prompt file, dataset folder or hub id) when given; see :func:`run_checklists`.
 
     ``workers``: processes for the metrics that are pure CPU work (``PromptMetric.in_processes``: geometry); see
-    :func:`_results`. Records, their order and their values are the same for every ``workers``."""
+    :func:`_results`. Records, their order and their values are the same for every ``workers``.
+
+    ``ranks`` (:mod:`mme3dr.distributed`): each rank scores its share of the prompts and computes the features of
+    its share of the views; rank 0 gathers them, writes every record (in prompt order, as one process would) and
+    the feature caches, and computes the set metrics. The summary of rank 0 covers every prompt; the other ranks'
+    summaries are empty."""
     if workers < 1:
         raise InputError(f"workers must be at least 1, got {workers}")
     run_dir, options = Path(run_dir), options or ScoreOptions()
@@ -214,8 +220,11 @@ def score_run(run_dir: Path | str, metrics: Sequence[str], preset: RenderPreset,
     built = built if built is not None else build_metrics(metrics, preset, reference, options)
     ref_folder = _reference_folder(reference, preset) if reference is not None else None
     summary = ScoreSummary()
-    repair_scores(run_dir)  # a line torn by a crash is dropped (its record is scored again)
+    if ranks.main:
+        repair_scores(run_dir)  # a line torn by a crash is dropped (its record is scored again)
+    ranks.barrier()
     done = {r.cache_key() for r in read_scores(run_dir) if r.ok}
+    records = Recorder(run_dir, built.prompt, summary, ranks)
     plans = {}
     for name, metric in built.prompt.items():
         summary.scored[name], summary.skipped[name], summary.errors[name] = 0, 0, list(refused.items())
@@ -226,21 +235,25 @@ def score_run(run_dir: Path | str, metrics: Sequence[str], preset: RenderPreset,
     sets = SetInputs.load(run_dir, items, ref_folder, preset, built.extractors, set_names) if set_names else None
     if in_pass or sets is not None:
         score_images(run_dir, {name: (m, plans[name]) for name, m in in_pass.items()}, items, sets, built.extractors,
-                     options, summary, progress)
+                     options, records, progress)
     for name, metric in built.prompt.items():
         if name in in_pass:
             continue
-        plan = plans[name]
-        results = _results(metric, [item for item, _, failed in plan if failed is None], workers)
-        bar = tqdm(total=len(items), initial=summary.skipped[name], desc=name, unit="prompt", disable=not progress)
+        plan = [(i, *row) for i, row in enumerate(plans[name]) if ranks.mine(i)]
+        results = _results(metric, [item for _, item, _, failed in plan if failed is None], workers)
+        bar = tqdm(total=len(items), initial=summary.skipped[name], desc=name, unit="prompt",
+                   disable=not progress or not ranks.main)
         try:
-            for item, key, failed in plan:
+            for i, item, key, failed in plan:
                 result, seconds = next(results) if failed is None else (failed, 0.0)
-                _record(run_dir, metric, item, key, result, seconds, summary)
-                bar.update(1)
+                records.add(i, name, item, key, result, seconds)
+                bar.update(ranks.world)
         finally:
             bar.close()
             results.close()  # ends the worker pool, if any, also when a record cannot be written
+            records.flush()
+    if not ranks.main:
+        return ScoreSummary()
     keep_latest_scores(run_dir)  # one record per (prompt, metric): the latest
     if sets is not None:
         summary.set_scores = score_sets(run_dir, items, ref_folder, set_names, preset, built.extractors, progress,
@@ -272,19 +285,46 @@ def _plan(run_dir: Path, name: str, metric: PromptMetric, items: list[tuple[Scor
     return plan
 
 
-def _record(run_dir: Path, metric: PromptMetric, item: ScoreItem, key: tuple, result: MetricResult, seconds: float,
-            summary: ScoreSummary) -> None:
-    """Append (and fsync) the record of one scored item and count it in ``summary``."""
-    append_score(run_dir, ScoreRecord(item.prompt_id, key[1], item.category, key[2], metric.config(), key[3],
-                                      key[4], dict(metric.directions), **asdict(result), seconds=round(seconds, 4)))
-    if result.error:
-        summary.errors[key[1]].append((item.prompt_id, result.error))
-    else:
-        summary.scored[key[1]] += 1
+class Recorder:
+    """Where scored items go: appended (and fsynced) to ``scores.jsonl`` as they come (one process), or kept until
+    :meth:`flush` gathers every rank's on rank 0, which appends them in prompt order (:mod:`mme3dr.distributed`).
+    Rank 0 counts them in ``summary``."""
+
+    def __init__(self, run_dir: Path, metrics: dict[str, PromptMetric], summary: ScoreSummary,
+                 ranks: Ranks = Ranks()) -> None:
+        self.run_dir, self.metrics, self.summary, self.ranks = run_dir, metrics, summary, ranks
+        self._pending: list[tuple[int, str, ScoreItem, tuple, MetricResult, float]] = []
+
+    def add(self, order: int, name: str, item: ScoreItem, key: tuple, result: MetricResult, seconds: float) -> None:
+        """The result of metric ``name`` on ``item`` (``order``: the item's place in the metric's plan)."""
+        if self.ranks.world == 1:
+            self._write(name, item, key, result, seconds)
+        else:
+            self._pending.append((order, name, item, key, result, seconds))
+
+    def flush(self) -> None:
+        """Every rank: hand the kept results to rank 0, which writes them in order (a no-op for one process)."""
+        if self.ranks.world == 1:
+            return
+        gathered, self._pending = self.ranks.gather(self._pending), []
+        place = {name: i for i, name in enumerate(self.metrics)}
+        for _, name, item, key, result, seconds in sorted((row for part in gathered or () for row in part),
+                                                          key=lambda row: (row[0], place[row[1]])):
+            self._write(name, item, key, result, seconds)
+
+    def _write(self, name: str, item: ScoreItem, key: tuple, result: MetricResult, seconds: float) -> None:
+        metric = self.metrics[name]
+        append_score(self.run_dir, ScoreRecord(item.prompt_id, key[1], item.category, key[2], metric.config(),
+                                               key[3], key[4], dict(metric.directions), **asdict(result),
+                                               seconds=round(seconds, 4)))
+        if result.error:
+            self.summary.errors[key[1]].append((item.prompt_id, result.error))
+        else:
+            self.summary.scored[key[1]] += 1
 
 
 def score_images(run_dir: Path, prompt: dict[str, tuple[Any, Plan]], items: list[tuple[ScoreItem, dict | None]],
-                 sets: SetInputs | None, extractors: dict[str, Any], options: ScoreOptions, summary: ScoreSummary,
+                 sets: SetInputs | None, extractors: dict[str, Any], options: ScoreOptions, records: Recorder,
                  progress: bool = True) -> None:
     """One image pass (:func:`~mme3dr.metrics.image_pass.run_image_pass`) over the views that any image metric
     still needs: the metrics in ``prompt`` (name -> (metric, plan); ``PromptMetric.in_image_pass``, e.g.
@@ -292,7 +332,10 @@ def score_images(run_dir: Path, prompt: dict[str, tuple[Any, Plan]], items: list
     prompt order, as soon as all views of a prompt are embedded; the feature caches in ``sets`` get the features of
     the generated and reference views they lack (saved at the end). A view that cannot be read gives its prompt's
     error in the CLIP records; its features stay missing (:func:`score_sets` then names the file). The ``seconds``
-    of such a record is the wall time from the previous prompt's result to its own: its share of the batched pass."""
+    of such a record is the wall time from the previous prompt's result to its own: its share of the batched pass.
+
+    Several ranks (``records.ranks``): each takes its share of the objects; the records go through ``records`` and
+    the features are gathered on rank 0, which stores them in the caches and saves them."""
     from mme3dr.metrics.image_pass import ViewJob, run_image_pass
 
     todo = {name: {item.prompt_id: (key, failed) for item, key, failed in plan} for name, (_, plan) in prompt.items()}
@@ -317,9 +360,13 @@ def score_images(run_dir: Path, prompt: dict[str, tuple[Any, Plan]], items: list
         texts[name] = dict(zip(rows, emb))
     models = {name: metric.clip for name, (metric, _) in prompt.items()}
     models.update({k: extractors[k] for k in (sets.caches if sets is not None else {})})
-    bar = tqdm(total=len(jobs), desc="images", unit="object", disable=not progress)
+    ranks = records.ranks
+    mine = [i for i in range(len(jobs)) if ranks.mine(i)]
+    features: list[tuple[str, str, np.ndarray]] = []  # (object label, extractor kind, features)
+    bar = tqdm(total=len(jobs), desc="images", unit="object", disable=not progress or not ranks.main)
     try:
-        for res in run_image_pass(jobs, models, options.batch_size, options.decode_threads):
+        for res in run_image_pass([jobs[i] for i in mine], models, options.batch_size, options.decode_threads):
+            res = dataclasses.replace(res, index=mine[res.index])
             item = items[res.index][0] if res.index < len(items) else None
             for name, (metric, _) in prompt.items():
                 if item is None or item.prompt_id not in todo[name]:
@@ -329,17 +376,24 @@ def score_images(run_dir: Path, prompt: dict[str, tuple[Any, Plan]], items: list
                 if failed is None and exc is not None:
                     failed = MetricResult.failed(exc)
                 result = failed or metric.result(item, res.embeddings[name], texts[name][res.index])
-                _record(run_dir, metric, item, key, result, res.seconds if failed is None else 0.0, summary)
+                records.add(res.index, name, item, key, result, res.seconds if failed is None else 0.0)
             if sets is not None and res.error is None:
                 label = f"gen:{item.prompt_id}" if item is not None else refs[res.index - len(items)]
                 for kind in res.job.models:
                     if kind in sets.caches and kind in res.embeddings:
-                        sets.store(label, kind, res.embeddings[kind])
-            bar.update(1)
+                        features.append((label, kind, res.embeddings[kind]))
+                        if ranks.world == 1:
+                            sets.store(*features.pop())
+            bar.update(ranks.world)
     finally:
         bar.close()
+        records.flush()
         if sets is not None:
-            sets.save()
+            for part in ranks.gather(features) or ():
+                for label, kind, feats in part:
+                    sets.store(label, kind, feats)
+            if ranks.main:
+                sets.save()
 
 
 def _results(metric: PromptMetric, items: list[ScoreItem], workers: int) -> Iterator[tuple[MetricResult, float]]:

@@ -36,6 +36,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import transformers
+from packaging.version import Version
 from transformers import Cache, Qwen2Config, Qwen2ForCausalLM
 from transformers.cache_utils import StaticLayer
 
@@ -44,6 +46,26 @@ from reference_policy.tokenizer import (BOS, END_PLAN, EOS, MESH_END, MESH_START
                                         TextTokenizer)
 from reference_policy.vqvae import N_COARSE_TOKENS, N_FINE_TOKENS, ColourVQVAE
 from reference_policy.world.sample import Part
+
+#: The oldest transformers whose decoding this policy is known to match: with 5.17 (the version on the H200 image)
+#: the same weights (identical tensor sums) sample other, degenerate token streams and every reward is ~0; 5.24 is
+#: the version of constraints.txt, with which the checkpoints were trained and evaluated.
+MIN_TRANSFORMERS = "5.24"
+
+
+class TransformersVersionError(RuntimeError):
+    """The installed transformers is older than :data:`MIN_TRANSFORMERS`."""
+
+
+def check_transformers(version: str | None = None) -> None:
+    """Refuse a transformers older than :data:`MIN_TRANSFORMERS` (``version``: the installed one by default), with
+    how to install the tested one, rather than decoding silently wrong samples."""
+    version = version or transformers.__version__
+    if Version(version) < Version(MIN_TRANSFORMERS):
+        raise TransformersVersionError(
+            f"the reference policy needs transformers >= {MIN_TRANSFORMERS} (found {version}): older versions decode "
+            "its checkpoints into other samples. Install the tested versions: "
+            "`pip install -c constraints.txt -e .` (or `pip install 'transformers>=" + MIN_TRANSFORMERS + "'`).")
 
 MAX_PROMPT = 64
 
@@ -400,6 +422,7 @@ class ReferencePolicy:
 
     @classmethod
     def from_pretrained(cls, folder: str | Path, device: str = "cpu") -> ReferencePolicy:
+        check_transformers()
         folder = Path(folder)
         # the policy's own format is safetensors: nothing else (no pickled .bin) is read; float32 whatever the
         # stored dtype (a bf16 checkpoint is loaded as float32)

@@ -237,3 +237,17 @@ def test_batched_sequence_logprobs_match_sampling_with_entropy_and_gradients(pol
     scores.logprobs[scores.sampled].sum().backward()
     assert policy.model.model.embed_tokens.weight.grad.abs().sum() > 0
     policy.model.zero_grad()
+
+
+def test_an_older_transformers_is_refused_with_how_to_install_the_tested_one(monkeypatch):
+    """On transformers 5.17 the bundled checkpoints loaded with identical weights but sampled degenerate tokens
+    (every reward ~0); loading now refuses such a version instead of decoding wrong samples."""
+    from reference_policy import policy
+    from reference_policy.bundled import SFT
+
+    with pytest.raises(policy.TransformersVersionError, match="constraints.txt"):
+        policy.check_transformers("5.17.0")
+    policy.check_transformers("5.24.0")
+    monkeypatch.setattr(policy.transformers, "__version__", "5.17.0")  # the module object the policy reads
+    with pytest.raises(policy.TransformersVersionError, match=r"5\.24"):
+        policy.ReferencePolicy.from_pretrained(SFT)

@@ -171,7 +171,22 @@ def run_jobs(jobs: Sequence[RenderJob], preset: RenderPreset, index: Path | None
             for res in pool.imap_unordered(_work, todo):
                 record(res)
     bar.close()
-    if index is not None:  # one line per key, latest wins
-        latest = {r["key"]: r for r in read_jsonl(index)}
-        write_jsonl(index, latest.values())
+    if index is not None:
+        _compact(index)
     return results
+
+
+def write_index(index: Path, results: Sequence[RenderJobResult]) -> None:
+    """Record ``results`` in the render index ``index`` (as :func:`run_jobs` does, all at once: what rank 0 writes
+    for every rank of a distributed render, :func:`mme3dr.render.runs.render_run`)."""
+    index.parent.mkdir(parents=True, exist_ok=True)
+    repair_tail(index)
+    for res in results:
+        append_jsonl(index, asdict(res))
+    _compact(index)
+
+
+def _compact(index: Path) -> None:
+    """One line per key, the latest."""
+    latest = {r["key"]: r for r in read_jsonl(index)}
+    write_jsonl(index, latest.values())

@@ -7,10 +7,11 @@ from pathlib import Path
 
 from mme3dr import runfiles
 from mme3dr.defaults import DEFAULTS
+from mme3dr.distributed import Ranks
 from mme3dr.errors import MissingInputError
 from mme3dr.generation import read_generations
 from mme3dr.paths import UnsafePathError, child_path
-from mme3dr.render.jobs import RenderJob, RenderJobResult, resolve_cameras, run_jobs
+from mme3dr.render.jobs import RenderJob, RenderJobResult, resolve_cameras, run_jobs, write_index
 from mme3dr.render.presets import RenderPreset
 
 
@@ -37,8 +38,11 @@ def summarise(folder: Path, results: list[RenderJobResult], not_generated: list[
 
 def render_run(run_dir: Path | str, preset: RenderPreset, cameras: Path | str | None = None, workers: int = 1,
                backend: str | None = None, depth: bool = False, normals: bool = False,
-               progress: bool = True) -> RenderSummary:
+               progress: bool = True, ranks: Ranks = Ranks()) -> RenderSummary:
     """Render every generated asset of a run into ``RUN/renders/<preset>-<hash>/<prompt_id>/``.
+
+    ``ranks`` (:mod:`mme3dr.distributed`): each rank renders its share of the prompts; rank 0 writes the render
+    index of all of them, in prompt order, and returns the summary of all (the others: of their own share).
 
     A prompt id that would put its folder outside that folder (a hand-edited or foreign ``generations.jsonl``)
     fails with reason ``unsafe_path`` and nothing is written for it."""
@@ -61,9 +65,19 @@ def render_run(run_dir: Path | str, preset: RenderPreset, cameras: Path | str | 
             refused.append(RenderJobResult(pid, False, "", str(exc), "unsafe_path"))
             continue
         jobs.append(RenderJob(pid, str(asset), str(out), rec.up_axis, cams, {"category": rec.category}))
-    results = run_jobs(jobs, preset, folder / runfiles.RENDER_INDEX, workers, backend, depth, normals, progress,
-                       refused=refused)
-    return summarise(folder, results, not_generated)
+    index = folder / runfiles.RENDER_INDEX
+    if ranks.world == 1:
+        return summarise(folder, run_jobs(jobs, preset, index, workers, backend, depth, normals, progress,
+                                          refused=refused), not_generated)
+    results = run_jobs(ranks.shard(jobs), preset, None, workers, backend, depth, normals, progress and ranks.main,
+                       refused=refused if ranks.main else ())
+    gathered = ranks.gather(results)
+    if gathered is None:
+        return summarise(folder, results, not_generated)
+    order = {r.key: i for i, r in enumerate([*refused, *jobs])}
+    every = sorted((r for part in gathered for r in part), key=lambda r: order[r.key])
+    write_index(index, every)
+    return summarise(folder, every, not_generated)
 
 
 def render_asset(asset: Path | str, out_dir: Path | str, preset: RenderPreset, cameras: Path | str | None = None,
