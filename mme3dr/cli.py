@@ -344,7 +344,7 @@ def score(
     with _stage(run) as ranks:
         built = build_metrics(metrics.split(","), p, reference, options)
         summary = score_run(run, metrics.split(","), p, reference, options, progress and ranks.main, built, source,
-                            workers, ranks)
+                            workers=workers, ranks=ranks)
     if not ranks.main:
         return
     for line in summary.lines():
@@ -396,7 +396,7 @@ def evaluate(
         summary = run_evaluate(model, out_dir, parse_model_args(model_arg or []), metrics.split(","), reference,
                                category, limit, seed, _preset(preset, resolution=resolution), options, source,
                                workers or 1, report, progress and ranks.main, retry_failed,
-                               workers or DEFAULTS.score_workers, ranks)
+                               score_workers=workers or DEFAULTS.score_workers, ranks=ranks)
     if not ranks.main:
         return
     for line in summary.lines():

@@ -89,9 +89,9 @@ def test_workers_option_reaches_the_scoring_stage(tmp_path, monkeypatch):
     from mme3dr.scoring import ScoreSummary
 
     seen = []
-    monkeypatch.setattr(mme3dr.scoring, "score_run", lambda *a, **k: seen.append(a[-1]) or ScoreSummary())
+    monkeypatch.setattr(mme3dr.scoring, "score_run", lambda *a, **k: seen.append(k["workers"]) or ScoreSummary())
     monkeypatch.setattr(mme3dr.evaluate, "evaluate",
-                        lambda *a, **k: seen.append((a[11], a[-1])) or SimpleNamespace(lines=lambda: []))
+                        lambda *a, **k: seen.append((a[11], k["score_workers"])) or SimpleNamespace(lines=lambda: []))
     runner = CliRunner()
     for args in (["score", tmp_path, "-m", "geometry", "-j", "3"], ["score", tmp_path, "-m", "geometry"],
                  ["evaluate", "--model", "folder", "-a", f"root={tmp_path}", "-o", tmp_path / "run", "--metrics",
