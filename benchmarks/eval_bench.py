@@ -206,6 +206,8 @@ def add_shared_options(ap: argparse.ArgumentParser) -> None:
     models.add_argument("--batch-size", type=int, default=None, help="images per forward pass (default: DEFAULTS)")
     models.add_argument("--decode-threads", type=int, default=None, help="view-decoding threads (default: DEFAULTS)")
     models.add_argument("--ref-objects", type=int, default=40, help="synthetic reference objects")
+    models.add_argument("--image-metrics", default=",".join(IMAGE_METRICS),
+                        help="clip first, then set metrics (e.g. clip,kid_dinov2 leaves Inception out on a CPU)")
     ap.add_argument("--note", default="", help="free text stored in the JSON (e.g. how busy the machine was)")
     ap.add_argument("--out", type=Path, default=None)
 
@@ -286,18 +288,20 @@ def time_image_metrics(a, run: Path, preset, tmp: Path, result: dict) -> None:
     ref = reference_set(tmp, preset, a.ref_objects, a.render_workers)
     stages["reference_build_untimed"] = round(time.perf_counter() - t, 3)
     t = time.perf_counter()
-    built = build_metrics(IMAGE_METRICS, preset, ref, opts)
+    metrics = a.image_metrics.split(",")
+    sets = [m for m in metrics if m != "clip"]
+    built = build_metrics(metrics, preset, ref, opts)
     stages["load_models"] = round(time.perf_counter() - t, 3)
     result["image_options"] = {"device": built.prompt["clip"].clip.device, "batch_size": opts.batch_size,
                                "decode_threads": opts.decode_threads}
     t = time.perf_counter()  # the reference side, cached before timing (as for any run after the first)
-    ref_only = SetInputs.load(run, [], ref / preset.tag, preset, built.extractors, IMAGE_METRICS[1:])
+    ref_only = SetInputs.load(run, [], ref / preset.tag, preset, built.extractors, sets)
     fill_features(ref_only, built.extractors, opts, progress=False)
     stages["reference_features_untimed"] = round(time.perf_counter() - t, 3)
     _sync(opts.device)
     _reset_gpu_peak(opts.device)
     t = time.perf_counter()
-    s = score_run(run, IMAGE_METRICS, preset, ref, opts, progress=False, built=built)
+    s = score_run(run, metrics, preset, ref, opts, progress=False, built=built)
     _sync(opts.device)
     stages["score_images"] = round(time.perf_counter() - t, 3)
     assert s.scored["clip"] == result["prompts"] and not s.errors["clip"], s.lines()
@@ -306,7 +310,7 @@ def time_image_metrics(a, run: Path, preset, tmp: Path, result: dict) -> None:
     result["peak_gpu_mb"] = gpu_peak_mb(opts.device or built.prompt["clip"].clip.device)
     result["peak_rss_after_stage_mb"]["score_images"] = _peak_rss_mb()["self"]
     t = time.perf_counter()  # features now cached: the set-metric arithmetic alone
-    score_run(run, IMAGE_METRICS[1:], preset, ref, opts, progress=False, built=built)
+    score_run(run, sets, preset, ref, opts, progress=False, built=built)
     stages["set_math"] = round(time.perf_counter() - t, 3)
     result["set_scores_overall"] = {m: r.overall.value for m, r in s.set_scores.items()}
     result["image_pass_parts"] = image_pass_parts(run, built, opts)
