@@ -326,10 +326,12 @@ def image_pass_parts(run: Path, built, opts) -> dict:
     sizes = sorted({s for m in models.values() for s in m.sizes})
     groups = [sorted((d).glob("[0-9][0-9][0-9].png")) for d in sorted((run / "renders").glob("*/*")) if d.is_dir()]
     groups = [g for g in groups if g]
+    keep, sample, n = 20 * opts.batch_size, [], 0  # only a sample is kept: memory stays flat
     t = time.perf_counter()
-    views = [v for grp in stream_views(groups, sizes, opts.decode_threads) for v in grp.views]
-    out = {"decode_images_per_s": round(len(views) / (time.perf_counter() - t), 1)}
-    sample = views[:20 * opts.batch_size]
+    for grp in stream_views(groups, sizes, opts.decode_threads):
+        n += len(grp.views)
+        sample += grp.views[:keep - len(sample)]
+    out = {"decode_images_per_s": round(n / (time.perf_counter() - t), 1)}
     for name, model in models.items():
         model.embed(sample[:opts.batch_size])  # warm-up
         _sync(opts.device)
