@@ -224,14 +224,14 @@ def presets() -> None:
 
 
 @contextmanager
-def _stage(run: Path):
-    """A run stage under ``torchrun`` or alone (:mod:`mme3dr.distributed`): yields this process's ranks; rank 0
-    holds the run lock (the other ranks write only their own prompts' folders)."""
-    from mme3dr.distributed import joined
+def _locked(run: Path, ranks):
+    """The run lock, held by rank 0 (:mod:`mme3dr.distributed`; the other ranks write only their own prompts'
+    folders); no rank goes on before rank 0 holds it."""
     from mme3dr.runlock import run_lock
 
-    with joined() as ranks, (run_lock(run) if ranks.main else nullcontext()):
-        yield ranks
+    with run_lock(run) if ranks.main else nullcontext():
+        ranks.barrier()
+        yield
 
 
 @app.command()
@@ -255,7 +255,9 @@ def render(
 
     p = _preset(preset, background, resolution)
     if target.is_dir() and (target / runfiles.GENERATIONS).exists():
-        with _stage(target) as ranks:
+        from mme3dr.distributed import joined
+
+        with joined() as ranks, _locked(target, ranks):
             summary = render_run(target, p, cameras, workers, backend, depth, normals, progress and ranks.main, ranks)
         if not ranks.main:
             return
@@ -341,10 +343,13 @@ def score(
     options = _score_options(device, batch_size, clip_model, clip_pretrained, clip_weights, inception_weights,
                              dinov2_model, vlm_model, vlm_server, decode_threads)
     p = _preset(preset)
-    with _stage(run) as ranks:
-        built = build_metrics(metrics.split(","), p, reference, options)
-        summary = score_run(run, metrics.split(","), p, reference, options, progress and ranks.main, built, source,
-                            workers=workers, ranks=ranks)
+    from mme3dr.distributed import joined
+
+    with joined() as ranks:  # joined first: each rank's models go to its own GPU
+        built = build_metrics(metrics.split(","), p, reference, options)  # before the run folder is touched
+        with _locked(run, ranks):
+            summary = score_run(run, metrics.split(","), p, reference, options, progress and ranks.main, built,
+                                source, workers=workers, ranks=ranks)
     if not ranks.main:
         return
     for line in summary.lines():

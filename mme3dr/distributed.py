@@ -5,7 +5,9 @@
 renders its prompts into their own folders and computes its prompts' scores and view features; the records and
 features go to rank 0 (:meth:`Ranks.gather`), which writes every run-level file (``scores.jsonl`` in prompt order,
 the render index, the feature caches) and computes the set metrics (KID/FID need every view). The run folder
-ends as a one-process run leaves it (timings aside). Generation runs on rank 0 alone.
+ends as a one-process run leaves it (timings aside). Generation runs on rank 0 alone. Render folders are written
+by their rank as they are done; records and features reach the run folder when a stage's results are gathered, so
+a crash loses (and a re-run computes again) only the current stage's results of the other ranks.
 
 Records and features are Python objects, gathered over gloo (host memory): evaluation needs no GPU collective, so
 one code path serves the CPU and GPUs. Each rank uses ``cuda:LOCAL_RANK`` when CUDA is there.
