@@ -68,7 +68,7 @@ def test_shards_are_strided_and_cover_everything():
     shards = [Ranks(r, 3).shard(seq) for r in range(3)]
     assert shards == [[0, 3, 6, 9], [1, 4, 7, 10], [2, 5, 8]]
     assert all(Ranks(r, 3).mine(i) == (i in shards[r]) for r in range(3) for i in seq)
-    assert Ranks().gather("x") == ["x"] and Ranks().main
+    assert Ranks().gather("x") == ["x"] and Ranks().everywhere("x") == ["x"] and Ranks().main
 
 
 @pytest.mark.slow

@@ -69,6 +69,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from mme3dr.distributed import Ranks
 from reference_policy.policy import ReferencePolicy
 from reference_policy.rl import algos
 from reference_policy.rl.batch import UpdateBatch, build_update_batch, group_kept
@@ -81,23 +82,9 @@ from reference_policy.trainutil import (Panel, RunLog, atomic_torch_save, device
 
 # ----- distributed --------------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
-class Dist:
-    """Rank and world size (1 process: rank 0 of 1, no process group)."""
-
-    rank: int = 0
-    world: int = 1
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-    def gather(self, obj: object) -> list:
-        """Every rank's ``obj``, in rank order, on every rank."""
-        if self.world == 1:
-            return [obj]
-        out: list = [None] * self.world
-        dist.all_gather_object(out, obj)
-        return out
+class Dist(Ranks):
+    """Rank and world size (:class:`mme3dr.distributed.Ranks`; 1 process: rank 0 of 1, no process group), with the
+    trainer's tensor reduction."""
 
     def sum(self, values: Sequence[float], device: torch.device) -> list[float]:
         """Element-wise sum over ranks."""
@@ -198,7 +185,7 @@ class Trainer:
             groups, tr, tw = rollout_groups(self.policy, self.stream, mine, cfg, self.seed, self.rewards1,
                                             self.rewards2)
             t_rollout, t_reward = t_rollout + tr, t_reward + tw
-            every = [g for part in self.dist.gather(groups) for g in part]
+            every = [g for part in self.dist.everywhere(groups) for g in part]
             drawn += every
             kept += [g for g in every if group_kept(g, cfg)] if cfg.dynamic_sampling else every
             if len(kept) >= p:
