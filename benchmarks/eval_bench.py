@@ -13,9 +13,11 @@ weights, each saved to a local file or folder and loaded through the real loadin
 torch-fidelity's Inception-v3, DINOv2-base from transformers' default ``Dinov2Config``), or real weights
 (``--clip-weights FILE``, ``--inception-weights FILE``, ``--dinov2-model DIR``). They compare against a synthetic
 reference set (``--ref-objects`` meshes rendered with ``mme3dr references build``) whose features are computed and
-cached before the clock starts, so ``score_images`` times the generated side only: decoding, the three models, the
-records and the set-metric arithmetic; ``set_math`` is that arithmetic alone (features cached).
-``total_s`` = render + model loading + image metrics + geometry (the most workers): the whole benchmark's work.
+cached before the clock starts. ``score`` then times the scoring stage as ``mme3dr score`` runs it on the generated
+side: one ``score_run`` with the four image metrics and geometry (its worker processes, the most ``--workers``,
+score beside the image pass): decoding, the three models, the records, geometry and the set-metric arithmetic;
+``set_math`` is that arithmetic alone (features cached).
+``total_s`` = render + model loading + score: the whole benchmark's work.
 
 More prompts than the 249 of the benchmark are copies of them with new ids (``-r<k>`` suffix). ``--render-prompts
 K`` renders only K prompts and copies their render folders to the others (cyclically), for runs whose rendering
@@ -114,8 +116,8 @@ def image_models(a, folder: Path):
     a.batch_size = a.batch_size or DEFAULTS.batch_size
     folder.mkdir(parents=True, exist_ok=True)
     opts = dict(device=a.device, batch_size=a.batch_size)
-    if a.decode_threads:
-        opts["decode_threads"] = a.decode_threads
+    if a.decode_workers is not None:
+        opts["decode_workers"] = a.decode_workers
     if a.tiny_models:
         sys.path.insert(0, str(TESTS))
         import tiny_clip
@@ -204,7 +206,7 @@ def add_shared_options(ap: argparse.ArgumentParser) -> None:
     models.add_argument("--dinov2-model", default=None, help="DINOv2 folder (save_pretrained layout)")
     models.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda when available)")
     models.add_argument("--batch-size", type=int, default=None, help="images per forward pass (default: DEFAULTS)")
-    models.add_argument("--decode-threads", type=int, default=None, help="view-decoding threads (default: DEFAULTS)")
+    models.add_argument("--decode-workers", type=int, default=None, help="view-decoding processes (default: DEFAULTS)")
     models.add_argument("--ref-objects", type=int, default=40, help="synthetic reference objects")
     models.add_argument("--image-metrics", default=",".join(IMAGE_METRICS),
                         help="clip first, then set metrics (e.g. clip,kid_dinov2 leaves Inception out on a CPU)")
@@ -275,8 +277,9 @@ def generate_and_render(a, bench, preset, tmp: Path, result: dict) -> Path:
     return run
 
 
-def time_image_metrics(a, run: Path, preset, tmp: Path, result: dict) -> None:
-    """Load the models, cache the reference features, then time CLIP + KID + FID + KID-DINOv2 on the run."""
+def time_image_metrics(a, run: Path, preset, tmp: Path, result: dict, geometry_records: list[dict]) -> None:
+    """Load the models, cache the reference features, then time the scoring stage on the run: CLIP + KID + FID +
+    KID-DINOv2 + geometry in one ``score_run`` (``geometry_records``: what geometry scored alone, to compare)."""
     from mme3dr.scoring import SetInputs, build_metrics, fill_features, score_run
 
     opts, kind = image_models(a, tmp / "models")
@@ -290,25 +293,29 @@ def time_image_metrics(a, run: Path, preset, tmp: Path, result: dict) -> None:
     t = time.perf_counter()
     metrics = a.image_metrics.split(",")
     sets = [m for m in metrics if m != "clip"]
-    built = build_metrics(metrics, preset, ref, opts)
+    built = build_metrics([*metrics, "geometry"], preset, ref, opts)
     stages["load_models"] = round(time.perf_counter() - t, 3)
     result["image_options"] = {"device": built.prompt["clip"].clip.device, "batch_size": opts.batch_size,
-                               "decode_threads": opts.decode_threads}
+                               "decode_workers": opts.decode_workers}
     t = time.perf_counter()  # the reference side, cached before timing (as for any run after the first)
     ref_only = SetInputs.load(run, [], ref / preset.tag, preset, built.extractors, sets)
     fill_features(ref_only, built.extractors, opts, progress=False)
     stages["reference_features_untimed"] = round(time.perf_counter() - t, 3)
+    (run / "scores.jsonl").unlink(missing_ok=True)
     _sync(opts.device)
     _reset_gpu_peak(opts.device)
-    t = time.perf_counter()
-    s = score_run(run, metrics, preset, ref, opts, progress=False, built=built)
+    workers = max(a.workers)
+    t = time.perf_counter()  # the scoring stage as `mme3dr score` runs it: geometry's processes beside the image pass
+    s = score_run(run, [*metrics, "geometry"], preset, ref, opts, progress=False, built=built, workers=workers)
     _sync(opts.device)
-    stages["score_images"] = round(time.perf_counter() - t, 3)
+    stages["score"] = round(time.perf_counter() - t, 3)
     assert s.scored["clip"] == result["prompts"] and not s.errors["clip"], s.lines()
+    assert s.scored["geometry"] == result["prompts"] and not s.errors["geometry"], s.lines()
+    result["geometry_records_equal_in_the_scoring_stage"] = _records(run, "geometry") == geometry_records
     views = result["prompts"] * preset.n_views
-    result["image_metrics_images_per_s"] = round(views / stages["score_images"], 1)
+    result["score_views_per_s"] = round(views / stages["score"], 1)
     result["peak_gpu_mb"] = gpu_peak_mb(opts.device or built.prompt["clip"].clip.device)
-    result["peak_rss_after_stage_mb"]["score_images"] = _peak_rss_mb()["self"]
+    result["peak_rss_after_stage_mb"]["score"] = _peak_rss_mb()["self"]
     t = time.perf_counter()  # features now cached: the set-metric arithmetic alone
     score_run(run, sets, preset, ref, opts, progress=False, built=built)
     stages["set_math"] = round(time.perf_counter() - t, 3)
@@ -328,7 +335,8 @@ def image_pass_parts(run: Path, built, opts) -> dict:
     groups = [g for g in groups if g]
     keep, sample, n = 20 * opts.batch_size, [], 0  # only a sample is kept: memory stays flat
     t = time.perf_counter()
-    for grp in stream_views(groups, sizes, opts.decode_threads):
+    device = opts.device or built.prompt["clip"].clip.device
+    for grp in stream_views(groups, sizes, opts.decode_workers, device=device):
         n += len(grp.views)
         sample += grp.views[:keep - len(sample)]
     out = {"decode_images_per_s": round(n / (time.perf_counter() - t), 1)}
@@ -403,10 +411,9 @@ def main() -> None:
             result["clip_tiny_images_per_s"] = round(len(bench) * preset.n_views / stages["score_clip_tiny"], 2)
             (run / "scores.jsonl").unlink(missing_ok=True)
 
-        time_image_metrics(a, run, preset, Path(tmp), result)
-        if "score_images" in stages:
-            result["total_s"] = round(stages["render"] + stages["load_models"] + stages["score_images"]
-                                      + stages[f"score_geometry_workers_{max(a.workers)}"], 3)
+        time_image_metrics(a, run, preset, Path(tmp), result, geometry[max(a.workers)])
+        if "score" in stages:
+            result["total_s"] = round(stages["render"] + stages["load_models"] + stages["score"], 3)
 
         t = time.perf_counter()
         build_report([run], Path(tmp) / "report")

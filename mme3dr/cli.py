@@ -281,8 +281,8 @@ ReferenceOpt = Annotated[Optional[Path], typer.Option(help="Reference set for ki
 DeviceOpt = Annotated[Optional[str], typer.Option(help="torch device for metrics (default: cuda if available).")]
 BatchOpt = Annotated[int, typer.Option(
     min=1, help="Images per forward pass of the image models (a batch spans prompts).")]
-ThreadsOpt = Annotated[int, typer.Option(
-    "--decode-threads", min=1, help="Threads that decode the rendered views for the image metrics.")]
+DecodeOpt = Annotated[int, typer.Option(
+    "--decode-workers", min=0, help="Processes that decode the rendered views for the image metrics (0: in this one).")]
 ClipModelOpt = Annotated[str, typer.Option(help="open_clip model name.")]
 ClipTagOpt = Annotated[str, typer.Option(help="open_clip pretrained tag.")]
 ClipWeightsOpt = Annotated[Optional[str], typer.Option(help="Local CLIP checkpoint file.")]
@@ -295,11 +295,11 @@ VlmServerOpt = Annotated[Optional[str], typer.Option(
 
 
 def _score_options(device, batch_size, clip_model, clip_pretrained, clip_weights, inception_weights, dinov2_model,
-                   vlm_model, vlm_server, decode_threads):
+                   vlm_model, vlm_server, decode_workers):
     from mme3dr.metrics.specs import ScoreOptions
 
     return ScoreOptions(device, batch_size, clip_model, clip_pretrained, clip_weights, inception_weights,
-                        dinov2_model, vlm_model, vlm_server, decode_threads=decode_threads)
+                        dinov2_model, vlm_model, vlm_server, decode_workers=decode_workers)
 
 
 def quiet_libraries(progress: bool) -> None:
@@ -318,7 +318,7 @@ def score(
     preset: PresetOpt = DEFAULTS.preset,
     device: DeviceOpt = None,
     batch_size: BatchOpt = DEFAULTS.batch_size,
-    decode_threads: ThreadsOpt = DEFAULTS.decode_threads,
+    decode_workers: DecodeOpt = DEFAULTS.decode_workers,
     clip_model: ClipModelOpt = DEFAULTS.clip_model,
     clip_pretrained: ClipTagOpt = DEFAULTS.clip_pretrained,
     clip_weights: ClipWeightsOpt = None,
@@ -341,7 +341,7 @@ def score(
 
     quiet_libraries(progress)
     options = _score_options(device, batch_size, clip_model, clip_pretrained, clip_weights, inception_weights,
-                             dinov2_model, vlm_model, vlm_server, decode_threads)
+                             dinov2_model, vlm_model, vlm_server, decode_workers)
     p = _preset(preset)
     from mme3dr.distributed import joined
 
@@ -370,7 +370,7 @@ def evaluate(
     resolution: Annotated[Optional[int], typer.Option(min=8, help="Override the preset's resolution.")] = None,
     device: DeviceOpt = None,
     batch_size: BatchOpt = DEFAULTS.batch_size,
-    decode_threads: ThreadsOpt = DEFAULTS.decode_threads,
+    decode_workers: DecodeOpt = DEFAULTS.decode_workers,
     clip_model: ClipModelOpt = DEFAULTS.clip_model,
     clip_pretrained: ClipTagOpt = DEFAULTS.clip_pretrained,
     clip_weights: ClipWeightsOpt = None,
@@ -394,7 +394,7 @@ def evaluate(
 
     quiet_libraries(progress)
     options = _score_options(device, batch_size, clip_model, clip_pretrained, clip_weights, inception_weights,
-                             dinov2_model, vlm_model, vlm_server, decode_threads)
+                             dinov2_model, vlm_model, vlm_server, decode_workers)
     from mme3dr.distributed import joined
 
     with joined() as ranks:

@@ -74,11 +74,11 @@ class Defaults:
     #: Images per forward pass of the image models (CLIP, Inception, DINOv2); a batch spans prompts (does not change
     #: any score).
     batch_size: int = 32
-    #: Threads that decode rendered views (PNG decode, composite on white, resize) for the image metrics, and how
-    #: many views each thread may decode ahead of the models (bounded, so memory does not grow with the prompts).
-    #: Pillow releases the GIL while it decodes and resizes, so threads use every core: the usable cores, at most 16.
-    decode_threads: int = max(1, min(_usable_cpus(), 16))
-    decode_prefetch_per_thread: int = 8
+    #: Processes that decode rendered views (PNG decode, composite on white, resize) for the image metrics (0: the
+    #: calling process), and how many prompts' views each may decode ahead of the models (bounded, so memory does
+    #: not grow with the prompts): the usable cores, at most 16. Processes, not threads: see mme3dr.metrics.views.
+    decode_workers: int = max(1, min(_usable_cpus(), 16))
+    decode_prefetch: int = 2
     #: VLM judge: model id (or local path), how many views go into one query, and the elevation of the target
     #: directions (evenly spaced in azimuth) that choose those views among the rendered ones.
     vlm_model: str = "Qwen/Qwen2.5-VL-7B-Instruct"

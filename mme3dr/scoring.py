@@ -18,6 +18,7 @@ import dataclasses
 import os
 import time
 from collections.abc import Iterator, Sequence
+from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -233,25 +234,27 @@ def score_run(run_dir: Path | str, metrics: Sequence[str], preset: RenderPreset,
     # CLIP and the set metrics' features: every view decoded once, in batches spanning prompts
     in_pass = {name: metric for name, metric in built.prompt.items() if metric.in_image_pass}
     sets = SetInputs.load(run_dir, items, ref_folder, preset, built.extractors, set_names) if set_names else None
-    if in_pass or sets is not None:
-        score_images(run_dir, {name: (m, plans[name]) for name, m in in_pass.items()}, items, sets, built.extractors,
-                     options, records, progress)
-    for name, metric in built.prompt.items():
-        if name in in_pass:
-            continue
-        plan = [(i, *row) for i, row in enumerate(plans[name]) if ranks.mine(i)]
-        results = _results(metric, [item for _, item, _, failed in plan if failed is None], workers)
-        bar = tqdm(total=len(items), initial=summary.skipped[name], desc=name, unit="prompt",
-                   disable=not progress or not ranks.main)
-        try:
-            for i, item, key, failed in plan:
-                result, seconds = next(results) if failed is None else (failed, 0.0)
-                records.add(i, name, item, key, result, seconds)
-                bar.update(ranks.world)
-        finally:
-            bar.close()
-            results.close()  # ends the worker pool, if any, also when a record cannot be written
-            records.flush()
+    with ExitStack() as pools:
+        later = {}  # the other per-prompt metrics; those in worker processes start now, beside the image pass
+        for name, metric in built.prompt.items():
+            if name not in in_pass:
+                plan = [(i, *row) for i, row in enumerate(plans[name]) if ranks.mine(i)]
+                later[name] = plan, _results(metric, [item for _, item, _, failed in plan if failed is None],
+                                             workers, pools)
+        if in_pass or sets is not None:
+            score_images(run_dir, {name: (m, plans[name]) for name, m in in_pass.items()}, items, sets,
+                         built.extractors, options, records, progress)
+        for name, (plan, results) in later.items():
+            bar = tqdm(total=len(items), initial=summary.skipped[name], desc=name, unit="prompt",
+                       disable=not progress or not ranks.main)
+            try:
+                for i, item, key, failed in plan:
+                    result, seconds = next(results) if failed is None else (failed, 0.0)
+                    records.add(i, name, item, key, result, seconds)
+                    bar.update(ranks.world)
+            finally:
+                bar.close()
+                records.flush()
     if not ranks.main:
         return ScoreSummary()
     keep_latest_scores(run_dir)  # one record per (prompt, metric): the latest
@@ -365,7 +368,7 @@ def score_images(run_dir: Path, prompt: dict[str, tuple[Any, Plan]], items: list
     features: list[tuple[str, str, np.ndarray]] = []  # (object label, extractor kind, features)
     bar = tqdm(total=len(jobs), desc="images", unit="object", disable=not progress or not ranks.main)
     try:
-        for res in run_image_pass([jobs[i] for i in mine], models, options.batch_size, options.decode_threads):
+        for res in run_image_pass([jobs[i] for i in mine], models, options.batch_size, options.decode_workers):
             res = dataclasses.replace(res, index=mine[res.index])
             item = items[res.index][0] if res.index < len(items) else None
             for name, (metric, _) in prompt.items():
@@ -396,7 +399,8 @@ def score_images(run_dir: Path, prompt: dict[str, tuple[Any, Plan]], items: list
                 sets.save()
 
 
-def _results(metric: PromptMetric, items: list[ScoreItem], workers: int) -> Iterator[tuple[MetricResult, float]]:
+def _results(metric: PromptMetric, items: list[ScoreItem], workers: int,
+             pools: ExitStack) -> Iterator[tuple[MetricResult, float]]:
     """``(result, seconds)`` of each item, in the order of ``items``: ``metric.score_many`` on ``metric.batch_items``
     items at a time (one item's failure is its own error), each item's seconds being its call's time over the
     number of items in the call.
@@ -404,21 +408,26 @@ def _results(metric: PromptMetric, items: list[ScoreItem], workers: int) -> Iter
     With ``workers > 1``, a metric that is pure CPU work (``metric.in_processes``) and more than one item, the
     items are scored in a :func:`~mme3dr.processes.spawn_pool` of ``min(workers, len(items))`` processes, each
     holding a copy of ``metric`` and loading assets through its own budgeted loader
-    (:func:`mme3dr.assets.load_asset`), and the results come back in order; otherwise in this process.
+    (:func:`mme3dr.assets.load_asset`): the pool starts at once (it is closed with ``pools``) and scores while the
+    caller does other work (the image pass); the results come back in order. Otherwise the items are scored in
+    this process as the results are read.
     """
     if workers <= 1 or len(items) <= 1 or not metric.in_processes:
-        size = max(1, metric.batch_items)
-        for first in range(0, len(items), size):
-            chunk = items[first:first + size]
-            start = time.perf_counter()
-            results = metric.score_many(chunk)
-            seconds = (time.perf_counter() - start) / len(chunk)
-            yield from ((result, seconds) for result in results)
-        return
+        return _in_process(metric, items)
     from mme3dr.processes import spawn_pool
 
-    with spawn_pool(min(workers, len(items)), _init_scorer, (metric, os.getpid())) as pool:
-        yield from pool.imap(_score_in_worker, items)
+    pool = pools.enter_context(spawn_pool(min(workers, len(items)), _init_scorer, (metric, os.getpid())))
+    return pool.imap(_score_in_worker, items)
+
+
+def _in_process(metric: PromptMetric, items: list[ScoreItem]) -> Iterator[tuple[MetricResult, float]]:
+    size = max(1, metric.batch_items)
+    for first in range(0, len(items), size):
+        chunk = items[first:first + size]
+        start = time.perf_counter()
+        results = metric.score_many(chunk)
+        seconds = (time.perf_counter() - start) / len(chunk)
+        yield from ((result, seconds) for result in results)
 
 
 _scorer: dict[str, PromptMetric] = {}
@@ -529,7 +538,7 @@ def fill_features(sets: SetInputs, extractors: dict[str, Any], options: ScoreOpt
     jobs = [ViewJob(sets.views(label)[0], sets.missing(label)) for label in labels]
     try:
         for res in tqdm(run_image_pass(jobs, {k: extractors[k] for k in sets.caches}, options.batch_size,
-                                       options.decode_threads), total=len(jobs), desc="features", unit="object",
+                                       options.decode_workers), total=len(jobs), desc="features", unit="object",
                         disable=not progress):
             if res.error is not None or res.failed:
                 _, d, _ = sets.gen.get(labels[res.index]) or sets.ref[labels[res.index]]
@@ -549,7 +558,7 @@ def score_sets(run_dir: Path, items: list[tuple[ScoreItem, dict | None]], ref_fo
                options: ScoreOptions | None = None, sets: SetInputs | None = None) -> dict[str, SetMetricRecord]:
     """KID/FID of the run's views against the reference views, overall and per category; writes set_scores.json.
     ``extractors``: the loaded feature extractors by kind (:attr:`BuiltMetrics.extractors`). Features missing from
-    the caches are computed first (:func:`fill_features`, batch size and decode threads from ``options``);
+    the caches are computed first (:func:`fill_features`, batch size and decoding processes from ``options``);
     ``sets``: the :class:`SetInputs` of a caller that already loaded them.
 
     Objects are the generated assets (one per prompt) and the reference objects; every view of an object carries

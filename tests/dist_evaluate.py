@@ -24,7 +24,7 @@ if __name__ == "__main__":
     tiny_clip.register()
     options = ScoreOptions(device="cpu", clip_model=tiny_clip.TINY_CLIP, clip_pretrained=str(weights / "tiny_clip.pt"),
                            inception_weights=str(weights / "inc.pth"), dinov2_model=str(weights / "dino"),
-                           batch_size=5, decode_threads=1)
+                           batch_size=5, decode_workers=1)
     with joined() as ranks:
         evaluate("folder", out, {"root": str(assets)}, METRICS, reference=ref, limit=LIMIT, preset=PRESET,
                  options=options, progress=False, score_workers=1, ranks=ranks)

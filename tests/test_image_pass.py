@@ -96,13 +96,13 @@ def test_the_shared_resize_is_open_clips_preprocess_and_the_dinov2_path():
     size, mean, std = square_resize(pre)
     assert size == 224
     expected = pre(composite(Image.fromarray(rgba, "RGBA")))
-    got = normalise(torch.from_numpy(view.resized[224][None].copy()), mean, std)[0]
+    got = normalise(view.resized[224][None], mean, std)[0]
     assert torch.equal(got, expected)  # the same values to the last bit
     # DINOv2 resize224 as it was computed before: PIL resize to 224 bicubic, /255, ImageNet mean/std on the CPU
     small = composite(Image.fromarray(rgba, "RGBA")).resize((224, 224), Image.BICUBIC)
     old = torch.from_numpy(np.array(small)).permute(2, 0, 1)[None].float() / 255.0
     old = (old - torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)) / torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
-    assert torch.equal(normalise(torch.from_numpy(view.resized[224][None].copy()), IMAGENET_MEAN, IMAGENET_STD), old)
+    assert torch.equal(normalise(view.resized[224][None], IMAGENET_MEAN, IMAGENET_STD), old)
     # a transform that is not the plain square resize is not taken for one
     assert square_resize(open_clip.image_transform(224, is_train=False, resize_mode="squash")) is None
     assert square_resize(open_clip.image_transform(224, is_train=False, interpolation="bilinear")) is None
@@ -160,18 +160,18 @@ def test_scores_equal_each_metric_computed_on_its_own(setup):
     np.testing.assert_allclose(cached, gi, rtol=1e-4, atol=1e-5)
 
 
-def test_batch_size_and_threads_change_nothing(setup):
+def test_batch_size_and_decode_workers_change_nothing(setup):
     _, _, opts = setup
     out = {}
-    for batch, threads in ((1, 1), (7, 3), (32, 1), (32, 3)):
-        run, ref = fresh(setup, f"b{batch}t{threads}")
-        o = ScoreOptions(**{**opts.__dict__, "batch_size": batch, "decode_threads": threads})
+    for batch, workers in ((1, 0), (7, 2), (32, 1), (32, 2)):
+        run, ref = fresh(setup, f"b{batch}w{workers}")
+        o = ScoreOptions(**{**opts.__dict__, "batch_size": batch, "decode_workers": workers})
         score_run(run, ["clip", "kid_dinov2"], PRESET, ref, o, progress=False)
         recs = clip_records(run)
         for r in recs:  # the run folder differs; the rest of every record must not
             r.pop("asset_sha256")
-        out[batch, threads] = recs, set_values(run)
-    assert out[32, 1] == out[32, 3]
+        out[batch, workers] = recs, set_values(run)
+    assert out[32, 1] == out[32, 2]
     base_recs, base_sets = out[32, 1]
     for recs, sets in out.values():
         for a, b in zip(recs, base_recs):
@@ -196,6 +196,7 @@ def count_opens(monkeypatch):
 
 def test_each_view_is_decoded_once_per_score_call(setup, monkeypatch):
     _, prompts, opts = setup
+    opts = ScoreOptions(**{**opts.__dict__, "decode_workers": 0})  # decoded in this process, where opens are counted
     run, ref = fresh(setup, "once")
     opened = count_opens(monkeypatch)
     score_run(run, ["clip", "kid", "kid_dinov2"], PRESET, ref, opts, progress=False)
@@ -230,34 +231,60 @@ def test_a_broken_view_fails_its_prompt_and_the_others_are_scored(setup):
         score_run(run, ["kid"], PRESET, ref, opts, progress=False)
 
 
-def test_views_stream_in_order_with_bounded_prefetch(tmp_path, monkeypatch):
+def _view_groups(tmp_path, n_groups=30, n_views=3, size=(20, 20)):
+    tmp_path.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(1)
     groups = []
-    for g in range(30):
+    for g in range(n_groups):
         paths = []
-        for v in range(3):
+        for v in range(n_views):
             p = tmp_path / f"g{g:02d}_{v}.png"
-            Image.fromarray((rng.random((20, 20, 4)) * 255).astype(np.uint8), "RGBA").save(p)
+            Image.fromarray((rng.random((*size, 4)) * 255).astype(np.uint8), "RGBA").save(p)
             paths.append(p)
         groups.append(paths)
-    decoded, lock, real = [0], threading.Lock(), views_module.decode_view
+    return groups
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_views_stream_in_order_decoded_as_pil_does(tmp_path, workers):
+    groups = _view_groups(tmp_path)
+    (tmp_path / "g07_1.png").write_bytes(b"not a png")  # fails group 7 only
+    consumed = 0
+    for i, group in enumerate(views_module.stream_views(groups, (8,), workers=workers, prefetch=2)):
+        assert group.index == i
+        if i == 7:
+            assert group.views == [] and "g07_1.png" in str(group.error)
+            continue
+        assert group.error is None
+        consumed += len(group.views)
+        for path, view in zip(groups[i], group.views):
+            with Image.open(path) as im:
+                rgb = composite(im)
+                assert np.array_equal(view.rgb.numpy(), np.asarray(rgb))
+                assert np.array_equal(view.resized[8].numpy(), np.asarray(rgb.resize((8, 8), Image.BICUBIC)))
+    assert consumed == 29 * 3
+
+
+def test_views_are_decoded_only_as_far_ahead_as_asked(tmp_path, monkeypatch):
+    """In this process (0 workers) a group is decoded when it is asked for, never ahead: memory stays flat."""
+    groups = _view_groups(tmp_path, n_groups=6)
+    decoded, real = [0], views_module.decode_view
 
     def counting(*a, **k):
-        out = real(*a, **k)
-        with lock:
-            decoded[0] += 1
-        return out
+        decoded[0] += 1
+        return real(*a, **k)
 
     monkeypatch.setattr(views_module, "decode_view", counting)
-    consumed = 0
-    for i, group in enumerate(views_module.stream_views(groups, (8,), threads=3, prefetch=5)):
-        assert group.index == i and group.error is None
-        consumed += len(group.views)
-        assert decoded[0] - consumed <= 5 + 3  # never more than prefetch views (plus one group) ahead
-        expected = views_module.prepare(composite(Image.open(groups[i][0])), (8,))
-        assert np.array_equal(group.views[0].rgb, expected.rgb)
-        assert np.array_equal(group.views[0].resized[8], expected.resized[8])
-    assert consumed == 90
+    for i, group in enumerate(views_module.stream_views(groups, (8,), workers=0)):
+        assert decoded[0] == 3 * (i + 1) and len(group.views) == 3
+
+
+def test_views_of_different_sizes_in_one_group_keep_their_sizes(tmp_path):
+    groups = _view_groups(tmp_path, n_groups=2, n_views=2) + [_view_groups(tmp_path / "big", 1, 1, (12, 16))[0]]
+    groups[1] = groups[1] + groups[2]
+    out = list(views_module.stream_views(groups[:2], (8,), workers=2))
+    assert [tuple(v.rgb.shape) for v in out[1].views] == [(20, 20, 3), (20, 20, 3), (12, 16, 3)]
+    assert all(tuple(v.resized[8].shape) == (8, 8, 3) for g in out for v in g.views)
 
 
 def test_non_square_views_take_the_models_own_transform(setup, tmp_path):
@@ -299,7 +326,7 @@ def test_a_model_failing_on_one_object_fails_that_object_for_that_model_only(tmp
         sizes = ()
 
         def embed(self, views):
-            return np.stack([v.rgb.reshape(-1, 3).mean(0) for v in views]).astype(np.float32)
+            return np.stack([v.rgb.reshape(-1, 3).double().mean(0).numpy() for v in views]).astype(np.float32)
 
     class Picky(Mean):  # fails on any batch holding a view of object 2 (red 120)
         def embed(self, views):
@@ -307,7 +334,7 @@ def test_a_model_failing_on_one_object_fails_that_object_for_that_model_only(tmp
                 raise RuntimeError("cannot embed this object")
             return super().embed(views)
 
-    out = list(run_image_pass(jobs, {"mean": Mean(), "picky": Picky()}, batch_size=5, threads=2))
+    out = list(run_image_pass(jobs, {"mean": Mean(), "picky": Picky()}, batch_size=5, workers=2))
     assert [r.index for r in out] == [0, 1, 2, 3] and all(r.error is None for r in out)
     assert list(out[2].failed) == ["picky"] and "picky" not in out[2].embeddings
     np.testing.assert_array_equal(out[2].embeddings["mean"][:, 0], [120, 120, 120])

@@ -10,8 +10,16 @@ fixed number of generated objects, and on all views), :func:`fid_from_features` 
 """
 
 from mme3dr.metrics.base import MetricResult, PromptMetric, ScoreItem
-from mme3dr.metrics.fidelity import (FIDEstimate, KIDEstimate, fid_by_object, fid_from_features, kid_by_object,
-                                     kid_from_features)
 
-__all__ = ["FIDEstimate", "KIDEstimate", "MetricResult", "PromptMetric", "ScoreItem", "fid_by_object",
-           "fid_from_features", "kid_by_object", "kid_from_features"]
+_FIDELITY = ("FIDEstimate", "KIDEstimate", "fid_by_object", "fid_from_features", "kid_by_object", "kid_from_features")
+__all__ = ["MetricResult", "PromptMetric", "ScoreItem", *_FIDELITY]
+
+
+def __getattr__(name: str):
+    """The distance functions, imported on first use: they need torch, which the geometry worker processes do not
+    (importing it would add seconds to every worker's start)."""
+    if name in _FIDELITY:
+        from mme3dr.metrics import fidelity
+
+        return getattr(fidelity, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

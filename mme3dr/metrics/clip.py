@@ -149,7 +149,7 @@ class ClipModel:
             chunk = views[i:i + self.batch_size]
             if self._square and all(v.square for v in chunk):
                 size, mean, std = self._square
-                x = normalise(torch.from_numpy(np.stack([v.resized[size] for v in chunk])).to(self.device), mean, std)
+                x = normalise(torch.stack([v.resized[size] for v in chunk]).to(self.device), mean, std)
             else:
                 x = torch.stack([self.preprocess(v.image()) for v in chunk]).to(self.device)
             emb = self.model.encode_image(x).float()
@@ -177,9 +177,9 @@ class ClipScore(PromptMetric):
     def __init__(self, model: str = DEFAULTS.clip_model, pretrained: str = DEFAULTS.clip_pretrained,
                  weights: str | Path | None = None, device: str | None = None,
                  batch_size: int = DEFAULTS.batch_size, clip: ClipModel | None = None,
-                 threads: int = DEFAULTS.decode_threads) -> None:
+                 workers: int = DEFAULTS.decode_workers) -> None:
         self.clip = clip or ClipModel(model, pretrained, weights, device, batch_size)
-        self.threads = threads
+        self.workers = workers
 
     def config(self) -> dict[str, Any]:
         return {"weights": self.clip.weights_id, "scale": 100, "text": "prompt", "background": "white"}
@@ -205,7 +205,7 @@ class ClipScore(PromptMetric):
         texts = self.clip.embed_text([item.prompt for item in items]) if items else None
         return [r.error or r.failed.get(self.name) or self.result(items[r.index], r.embeddings[self.name],
                                                                   texts[r.index])
-                for r in run_image_pass(jobs, {self.name: self.clip}, self.clip.batch_size, self.threads)]
+                for r in run_image_pass(jobs, {self.name: self.clip}, self.clip.batch_size, self.workers)]
 
     def score(self, item: ScoreItem) -> MetricResult:
         [out] = self.scored([item])

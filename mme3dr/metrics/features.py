@@ -111,7 +111,7 @@ class InceptionFeatures(FeatureExtractor):
                 for i, f in zip(rows, self._forward([views[i] for i in rows])):
                     out[i] = f
             return torch.stack(out)
-        x = torch.from_numpy(np.stack([v.rgb for v in views])).to(self.device)
+        x = torch.stack([v.rgb for v in views]).to(self.device)
         return self.model(x.permute(0, 3, 1, 2).contiguous())[0]
 
 
@@ -175,10 +175,10 @@ class DinoV2Features(FeatureExtractor):
         """The 224x224 bicubic resize of each view; ``resize224``: /255 and ImageNet mean/std on the device;
         ``ar3d-r1-eval``: then transformers' PIL processor (on the CPU, image by image)."""
         if self._processor is not None:
-            small = [Image.fromarray(v.resized[224], "RGB") for v in views]
+            small = [Image.fromarray(v.resized[224].cpu().numpy(), "RGB") for v in views]
             x = self._processor(images=small, return_tensors="pt")["pixel_values"].to(self.device)
         else:
-            x = torch.from_numpy(np.stack([v.resized[224] for v in views])).to(self.device)
+            x = torch.stack([v.resized[224] for v in views]).to(self.device)
             x = normalise(x, IMAGENET_MEAN, IMAGENET_STD)
         return self.model(pixel_values=x).last_hidden_state[:, 0]
 

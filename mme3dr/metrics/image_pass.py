@@ -2,7 +2,7 @@
 
 A :class:`ViewJob` is the views of one object (a prompt's renders, a reference object's renders) and the names of
 the models that still need them (e.g. ``clip``, ``inception``, ``dinov2``). :func:`run_image_pass` decodes the
-views of all jobs once (:func:`mme3dr.metrics.views.stream_views`, in a thread pool), queues each view for every
+views of all jobs once (:func:`mme3dr.metrics.views.stream_views`, in worker processes, onto the models' device), queues each view for every
 model its job names, runs a model whenever ``batch_size`` views wait for it (so a batch spans objects), and yields
 one :class:`JobResult` per job, in job order, as soon as every model has embedded all of its views. A model is
 anything with :class:`ImageModel`'s two members: the resize sizes it reads and ``embed(views) -> (n, d) float32``
@@ -31,6 +31,8 @@ from mme3dr.metrics.views import ViewPixels, stream_views
 class ImageModel(Protocol):
     #: Sizes of the square bicubic resizes the model reads from :class:`ViewPixels` (empty: full-size only).
     sizes: tuple[int, ...]
+    #: Where the model runs (the views are decoded onto it when every model of the pass runs there; optional).
+    device: str
 
     def embed(self, views: Sequence[ViewPixels]) -> np.ndarray:
         """Embeddings or features of ``views``, float32 (n, d)."""
@@ -58,8 +60,9 @@ class JobResult:
 
 
 def run_image_pass(jobs: Sequence[ViewJob], models: Mapping[str, ImageModel], batch_size: int = DEFAULTS.batch_size,
-                   threads: int = DEFAULTS.decode_threads) -> Iterator[JobResult]:
-    """Embed the views of every job with the models it names; yield a :class:`JobResult` per job, in order."""
+                   workers: int = DEFAULTS.decode_workers) -> Iterator[JobResult]:
+    """Embed the views of every job with the models it names; yield a :class:`JobResult` per job, in order.
+    ``workers``: decoding processes (:func:`~mme3dr.metrics.views.stream_views`)."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     unknown = sorted({m for j in jobs for m in j.models} - set(models))
@@ -67,6 +70,8 @@ def run_image_pass(jobs: Sequence[ViewJob], models: Mapping[str, ImageModel], ba
         raise KeyError(f"jobs name models {unknown} that the pass was not given (it has {sorted(models)})")
     used = {m for j in jobs if j.error is None for m in j.models}
     sizes = sorted({s for m in used for s in models[m].sizes})
+    devices = {str(getattr(models[m], "device", "cpu")) for m in used}
+    device = devices.pop() if len(devices) == 1 else "cpu"  # else each model moves its batches itself
     queues: dict[str, list[tuple[int, int, ViewPixels]]] = {m: [] for m in used}
     rows: dict[int, dict[str, list[np.ndarray | None]]] = {}
     left: dict[int, int] = {}  # job -> views still to embed, over its models
@@ -109,7 +114,7 @@ def run_image_pass(jobs: Sequence[ViewJob], models: Mapping[str, ImageModel], ba
             if j.error is not None:
                 errors[i] = j.error
     yield from finished()
-    for group in stream_views([jobs[i].paths for i in live], sizes, threads):
+    for group in stream_views([jobs[i].paths for i in live], sizes, workers, device=device):
         i = live[group.index]
         rows[i] = {m: [None] * len(group.views) for m in jobs[i].models}
         left[i] = len(group.views) * len(jobs[i].models)

@@ -43,8 +43,8 @@ class ScoreOptions:
     vlm_server: str | None = None
     #: API key of the VLM server; None reads ``$MME3DR_VLM_API_KEY`` (``DEFAULTS.vlm_api_key_env``).
     vlm_api_key: str | None = None
-    #: Threads that decode the rendered views for the image metrics (:mod:`mme3dr.metrics.views`).
-    decode_threads: int = DEFAULTS.decode_threads
+    #: Processes that decode the rendered views for the image metrics (:mod:`mme3dr.metrics.views`; 0: this one).
+    decode_workers: int = DEFAULTS.decode_workers
 
     def __post_init__(self) -> None:
         if self.vlm_api_key is None:
@@ -80,7 +80,7 @@ class MetricSpec:
 def _clip(o: ScoreOptions, ref: Path | None) -> PromptMetric:
     from mme3dr.metrics.clip import ClipScore
 
-    return ClipScore(o.clip_model, o.clip_pretrained, o.clip_weights, o.device, o.batch_size, threads=o.decode_threads)
+    return ClipScore(o.clip_model, o.clip_pretrained, o.clip_weights, o.device, o.batch_size, workers=o.decode_workers)
 
 
 def _vlm(o: ScoreOptions, ref: Path | None) -> PromptMetric:

@@ -1,41 +1,45 @@
-"""Rendered views decoded once, in a thread pool, for every image metric at once.
+"""Rendered views decoded once, in worker processes, for every image metric at once.
 
 Each view is turned once into what the image models need (:class:`ViewPixels`): the full-size RGB pixels (uint8,
 transparent pixels composited on white), which Inception takes as they are (it resizes on the device), and one
 ``size x size`` PIL bicubic resize per size asked for (224 for ViT-B/32 CLIP and DINOv2 ``resize224``). For a
 square render, open_clip's ``Resize(S, bicubic) + CenterCrop(S)`` is exactly that PIL resize, and so is DINOv2's
-``resize((224, 224), BICUBIC)``; scaling to [0, 1] and the mean/std normalisation are done on the device.
+``resize((224, 224), BICUBIC)``; scaling to [0, 1] and the mean/std normalisation are done on the device. (A torch
+bicubic resize on the device is not used: measured on real renders it differs from PIL's by up to 5 levels and moves
+the CLIP score by up to 0.014 per view.)
 
-:func:`stream_views` decodes the views of many groups (a group: the views of one prompt or reference object) in a
-pool of ``threads`` threads (Pillow releases the GIL while it decodes, pastes and resizes: two threads decode
-about 1.9x as fast as one on two cores) and yields them group by group in order, with at most ``prefetch`` views
-decoded ahead, so memory stays flat whatever the number of groups. A group whose view cannot be read comes back
-with its error and no pixels; the other groups are unaffected.
+:func:`stream_views` decodes the views of many groups (a group: the views of one prompt or reference object) in
+``workers`` processes (a :class:`torch.utils.data.DataLoader`; the pixels come back through shared memory) and
+yields them group by group, in order, as tensors on the models' device. Processes, not threads: Pillow holds the GIL
+for part of every decode, and with 16 decoding threads the models' own Python (which launches the GPU kernels) ran
+30-90x slower than alone on the H200 (``benchmarks/results/eval_h200.json``, ``image_pass_parts``). At most
+``prefetch`` groups per worker are decoded ahead, so memory stays flat whatever the number of groups. A group
+whose view cannot be read comes back with its error and no pixels; the other groups are unaffected.
 """
 
 from __future__ import annotations
 
-from collections import deque
+import pickle
 from collections.abc import Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import torch
 from PIL import Image
 
 from mme3dr.defaults import DEFAULTS
-from mme3dr.metrics.base import composite
+from mme3dr.metrics.base import composite, describe
 
 WHITE = (255, 255, 255)
 
 
 @dataclass(frozen=True)
 class ViewPixels:
-    """One view as the image models read it."""
+    """One view as the image models read it: uint8 tensors, on the CPU or on the models' device."""
 
-    rgb: np.ndarray  # (H, W, 3) uint8, composited on the background
-    resized: dict[int, np.ndarray] = field(default_factory=dict)  # size -> (size, size, 3) uint8, PIL bicubic
+    rgb: torch.Tensor  # (H, W, 3) uint8, composited on the background
+    resized: dict[int, torch.Tensor] = field(default_factory=dict)  # size -> (size, size, 3) uint8, PIL bicubic
 
     @property
     def square(self) -> bool:
@@ -43,19 +47,27 @@ class ViewPixels:
 
     def image(self) -> Image.Image:
         """The full-size view as a PIL RGB image (for a model whose preprocessing is not the shared one)."""
-        return Image.fromarray(self.rgb, "RGB")
+        return Image.fromarray(self.rgb.cpu().numpy(), "RGB")
+
+
+def _pixels(image: Image.Image, sizes: Sequence[int]) -> tuple[np.ndarray, dict[int, np.ndarray]]:
+    rgb = image if image.mode == "RGB" else image.convert("RGB")
+    return np.asarray(rgb), {s: np.asarray(rgb.resize((s, s), Image.BICUBIC)) for s in sorted(set(sizes))}
 
 
 def prepare(image: Image.Image, sizes: Sequence[int] = ()) -> ViewPixels:
-    """``image`` (converted to RGB) as :class:`ViewPixels`: its pixels and a bicubic ``s x s`` resize per size."""
-    rgb = image if image.mode == "RGB" else image.convert("RGB")
-    return ViewPixels(np.asarray(rgb), {s: np.asarray(rgb.resize((s, s), Image.BICUBIC)) for s in sorted(set(sizes))})
+    """``image`` (converted to RGB) as :class:`ViewPixels` on the CPU: its pixels and a bicubic ``s x s`` resize per
+    size."""
+    rgb, resized = _pixels(image, sizes)
+    return ViewPixels(torch.from_numpy(rgb.copy()), {s: torch.from_numpy(r.copy()) for s, r in resized.items()})
 
 
-def decode_view(path: Path | str, sizes: Sequence[int] = (), background: tuple[int, int, int] = WHITE) -> ViewPixels:
-    """Read one rendered view, composite it on ``background`` and :func:`prepare` it."""
+def decode_view(path: Path | str, sizes: Sequence[int] = (),
+                background: tuple[int, int, int] = WHITE) -> tuple[np.ndarray, dict[int, np.ndarray]]:
+    """Read one rendered view and composite it on ``background``: its RGB pixels and a bicubic ``s x s`` resize per
+    size, as uint8 arrays."""
     with Image.open(path) as im:
-        return prepare(composite(im, background), sizes)
+        return _pixels(composite(im, background), sizes)
 
 
 @dataclass
@@ -67,35 +79,60 @@ class DecodedGroup:
     error: Exception | None = None
 
 
-def stream_views(groups: Sequence[Sequence[Path]], sizes: Sequence[int] = (), threads: int = DEFAULTS.decode_threads,
-                 prefetch: int | None = None, background: tuple[int, int, int] = WHITE) -> Iterator[DecodedGroup]:
-    """Decode the views of each group of ``groups`` (lists of PNG paths) with :func:`decode_view` in ``threads``
-    threads; yield a :class:`DecodedGroup` per group, in order. At most ``prefetch`` views (default
-    ``DEFAULTS.decode_prefetch_per_thread * threads``) plus one group are decoded ahead of the consumer."""
-    if threads < 1:
-        raise ValueError(f"threads must be at least 1, got {threads}")
-    prefetch = max(1, prefetch if prefetch is not None else DEFAULTS.decode_prefetch_per_thread * threads)
-    sizes = tuple(sorted(set(sizes)))
-    pending: deque[tuple[int, list[Future]]] = deque()
-    ahead, nxt = 0, 0
-    with ThreadPoolExecutor(threads, thread_name_prefix="mme3dr-decode") as pool:
+class GroupViews(torch.utils.data.Dataset):
+    """Group ``i`` of ``groups`` decoded (:func:`decode_view`): ``(i, rgb, {size: (n, s, s, 3)}, None)`` as uint8
+    tensors, ``rgb`` one (n, H, W, 3) tensor (a list of (H, W, 3) ones when the views differ in size), or
+    ``(i, None, None, error)`` when a view cannot be read."""
+
+    def __init__(self, groups: Sequence[Sequence[Path]], sizes: Sequence[int], background: tuple[int, int, int]):
+        self.groups, self.sizes, self.background = [list(map(Path, g)) for g in groups], tuple(sizes), background
+
+    def __len__(self) -> int:
+        return len(self.groups)
+
+    def __getitem__(self, i: int):
         try:
-            while pending or nxt < len(groups):
-                while nxt < len(groups) and (not pending or ahead < prefetch):
-                    futures = [pool.submit(decode_view, p, sizes, background) for p in groups[nxt]]
-                    pending.append((nxt, futures))
-                    ahead += len(futures)
-                    nxt += 1
-                index, futures = pending.popleft()
-                ahead -= len(futures)
-                views, error = [], None
-                for fut in futures:
-                    try:
-                        views.append(fut.result())
-                    except Exception as exc:  # an unreadable view fails its group only
-                        error = error or exc
-                yield DecodedGroup(index, [] if error else views, error)
-        finally:
-            for _, futures in pending:  # the consumer stopped early: drop the work not started
-                for fut in futures:
-                    fut.cancel()
+            views = [decode_view(p, self.sizes, self.background) for p in self.groups[i]]
+        except Exception as exc:  # an unreadable view fails its group only
+            return i, None, None, _portable(exc)
+        if not views:
+            return i, [], {}, None
+        rgbs = [rgb for rgb, _ in views]
+        one_size = len({a.shape for a in rgbs}) == 1  # one tensor per group: fewer to share between processes
+        rgb = torch.from_numpy(np.stack(rgbs)) if one_size else [torch.from_numpy(a) for a in rgbs]
+        return i, rgb, {s: torch.from_numpy(np.stack([r[s] for _, r in views])) for s in self.sizes}, None
+
+
+def _portable(exc: Exception) -> Exception:
+    """``exc`` if it survives pickling (it travels back from a worker process), else a RuntimeError saying it."""
+    try:
+        pickle.loads(pickle.dumps(exc))
+        return exc
+    except Exception:
+        return RuntimeError(describe(exc))
+
+
+def stream_views(groups: Sequence[Sequence[Path]], sizes: Sequence[int] = (), workers: int = DEFAULTS.decode_workers,
+                 prefetch: int = DEFAULTS.decode_prefetch, background: tuple[int, int, int] = WHITE,
+                 device: str | torch.device | None = None) -> Iterator[DecodedGroup]:
+    """Decode the views of each group of ``groups`` (lists of PNG paths) with :func:`decode_view` in ``workers``
+    processes (0: in this process, one group at a time); yield a :class:`DecodedGroup` per group, in order, its
+    pixels on ``device`` (a CUDA device: copied from page-locked memory without blocking; default: the CPU). At most
+    ``prefetch`` groups per worker are decoded ahead of the consumer."""
+    if workers < 0:
+        raise ValueError(f"workers must be at least 0, got {workers}")
+    if prefetch < 1:
+        raise ValueError(f"prefetch must be at least 1, got {prefetch}")
+    device = torch.device(device or "cpu")
+    pin = device.type == "cuda" and workers > 0
+    loader = torch.utils.data.DataLoader(GroupViews(groups, sizes, background), batch_size=None,
+                                         num_workers=min(workers, len(groups)), pin_memory=pin,
+                                         prefetch_factor=prefetch if workers and groups else None,
+                                         persistent_workers=False)
+    for index, rgb, resized, error in loader:
+        if error is not None:
+            yield DecodedGroup(index, [], error)
+            continue
+        rgb = rgb.to(device, non_blocking=pin) if torch.is_tensor(rgb) else [v.to(device, non_blocking=pin) for v in rgb]
+        resized = {s: r.to(device, non_blocking=pin) for s, r in resized.items()}
+        yield DecodedGroup(index, [ViewPixels(rgb[k], {s: r[k] for s, r in resized.items()}) for k in range(len(rgb))])

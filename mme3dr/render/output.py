@@ -97,7 +97,7 @@ def _write_files(tmp: Path, out: RenderOutput, preset: RenderPreset, record: dic
                       images))
     if out.depth is not None:
         np.savez_compressed(tmp / "depth.npz", depth=out.depth)
-    contact_sheet(out.rgba).save(tmp / runfiles.CONTACT_SHEET)
+    contact_sheet(out.rgba).save(tmp / runfiles.CONTACT_SHEET, compress_level=1)
     meta = {"preset": preset.params(), "preset_hash": preset.hash}
     (tmp / runfiles.TRANSFORMS).write_text(json.dumps(transforms_dict(out.cameras, names, meta), indent=1))
     record = {**record, "preset": preset.name, "preset_hash": preset.hash, "backend": out.backend,

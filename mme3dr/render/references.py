@@ -29,8 +29,6 @@ import json
 from collections.abc import Mapping
 from pathlib import Path
 
-import pandas as pd
-
 from mme3dr import runfiles
 from mme3dr.assets import ASSET_SUFFIXES
 from mme3dr.defaults import DEFAULTS
@@ -69,6 +67,8 @@ def folder_objects(meshes: Path) -> tuple[list[dict], list[dict]]:
 def toys4k_objects(toys4k: Path, csv_path: Path) -> tuple[list[dict], list[dict]]:
     """(objects found, rows whose mesh is missing or would be read from outside ``toys4k``) for every row of
     ``Toys4k.csv``."""
+    import pandas as pd  # here: render worker processes import this module and need no pandas
+
     df = pd.read_csv(csv_path)
     missing_cols = {"sha256", "file_identifier"} - set(df.columns)
     if missing_cols:
@@ -104,6 +104,8 @@ def read_category_map(path: Path | str) -> dict[str, str]:
             raise InputError(f"{path}: expected a JSON object {{\"<object>\": \"<category>\"}}")
         pairs = list(raw.items())
     else:
+        import pandas as pd
+
         df = pd.read_csv(path, dtype=str, keep_default_na=False)
         missing = {"object", "category"} - set(df.columns)
         if missing:
