@@ -5,9 +5,10 @@ project's own loaders, :func:`mme3dr.scoring.build_metrics`), render its views s
 renderer, :func:`mme3dr.render.jobs.render_one`), score that object alone (CLIP through
 :class:`~mme3dr.metrics.clip.ClipScore`, Inception and DINOv2 features through the extractors, each reading the
 views from disk again), then the set metrics at the end (object-aware KID, pooled KID and FID overall, as
-:func:`mme3dr.scoring.score_sets` computes them). Only the loop structure differs from ``mme3dr score``: the same
-models, the same preprocessing and the same metric code. The reference features are computed before the clock
-starts, as eval_bench.py does. Prints JSON with the total seconds and each object's seconds.
+:func:`mme3dr.scoring.score_sets` computes them, on the same device). Only the loop structure differs from
+``mme3dr score``: the same models, the same preprocessing and the same metric code. The reference features are
+computed before the clock starts, as eval_bench.py does. Prints JSON with the total seconds and each object's
+seconds.
 
     python benchmarks/evalpy_loop.py --prompts 249 --random-weights --device cuda [--out FILE]
 
@@ -39,6 +40,7 @@ def main() -> None:
     from mme3dr.defaults import DEFAULTS
     from mme3dr.generation import generate_run, read_generations
     from mme3dr.metrics.base import ScoreItem
+    from mme3dr.metrics.features import default_device
     from mme3dr.metrics.fidelity import default_subset_size, fid_by_object, kid_by_object, kid_from_features
     from mme3dr.render.jobs import RenderJob, render_one
     from mme3dr.render.presets import get_preset
@@ -92,15 +94,16 @@ def main() -> None:
         t = time.perf_counter()
         gen_feats = {k: np.concatenate(v) for k, v in gen_feats.items()}
         gl, rl = np.array(gen_labels), np.array(ref_labels)
+        device = opts.device or default_device()  # where score_sets computes them
         sets = {}
         for name, k in SET_KINDS.items():
             g, r = gen_feats[k], ref_feats[k]
             if name.startswith("kid"):
                 size = default_subset_size(len(g), len(r))
-                sets[name] = {"value": kid_by_object(g, r, gl, rl).value,
-                              "paper_value": kid_from_features(g, r, subset_size=size)[0]}
+                sets[name] = {"value": kid_by_object(g, r, gl, rl, device=device).value,
+                              "paper_value": kid_from_features(g, r, subset_size=size, device=device)[0]}
             else:
-                sets[name] = {"value": fid_by_object(g, r, gl, rl).value}
+                sets[name] = {"value": fid_by_object(g, r, gl, rl, device=device).value}
         result["set_metrics_s"] = round(time.perf_counter() - t, 3)
         result["total_s"] = round(time.perf_counter() - start, 3)
         result["clip_mean"] = float(np.mean(clip))

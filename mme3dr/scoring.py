@@ -564,12 +564,15 @@ def score_sets(run_dir: Path, items: list[tuple[ScoreItem, dict | None]], ref_fo
     Objects are the generated assets (one per prompt) and the reference objects; every view of an object carries
     its label, so KID leaves out same-object pairs and FID draws whole objects (see :mod:`mme3dr.metrics.fidelity`).
     A category is compared with the reference objects of that MME-3DR category, or with the whole reference set
-    when it has none (``reference_subset`` says which).
+    when it has none (``reference_subset`` says which). The distances are computed on the scoring device
+    (``options.device``; None: :func:`~mme3dr.metrics.features.default_device`, where the image models run).
     """
+    from mme3dr.metrics.features import default_device
     from mme3dr.metrics.fidelity import ObjectKernel, cap_objects, default_subset_size, fid_by_object, kid_from_features
 
     sets = sets if sets is not None else SetInputs.load(run_dir, items, ref_folder, preset, extractors, names)
     fill_features(sets, extractors, options, progress)
+    device = (options.device if options is not None else None) or default_device()
     gen_objs, ref_objs = sets.gen, sets.ref
     groups = {"overall": list(gen_objs)}
     groups.update({c: [k for k, v in gen_objs.items() if v[0] == c] for c in CATEGORIES})
@@ -591,7 +594,7 @@ def score_sets(run_dir: Path, items: list[tuple[ScoreItem, dict | None]], ref_fo
         kind, dist = get_metric(name).extractor, get_metric(name).distance
         if kind not in feats:
             ext = extractors[kind]
-            # float32 as the models computed them; the distances work in float64 (np.asarray there)
+            # float32 as the models computed them; the distances work in float64 on the device
             gen_feats, ref_feats = sets.caches[kind][0].get(gen_keys), sets.caches[kind][1].get(ref_keys)
             sets.release(kind)  # the stacked arrays are all that is used from here on
             width = max(gen_feats.shape[1], ref_feats.shape[1])  # an empty side comes back as (0, 0)
@@ -600,7 +603,7 @@ def score_sets(run_dir: Path, items: list[tuple[ScoreItem, dict | None]], ref_fo
         if dist == "kid" and kind not in kernels:
             labels = np.concatenate([gen_labels, ref_labels])
             rows = np.isin(labels, list(kid_pool))
-            kernels[kind] = ObjectKernel(np.concatenate([g_all, r_all])[rows], labels[rows])
+            kernels[kind] = ObjectKernel(np.concatenate([g_all, r_all])[rows], labels[rows], device=device)
         per_group: dict[str, SetScore] = {}
         for group, gen_ids in tqdm(groups.items(), desc=name, disable=not progress):
             ref_ids = ref_all if group == "overall" or not ref_subsets[group] else ref_subsets[group]
@@ -612,13 +615,14 @@ def score_sets(run_dir: Path, items: list[tuple[ScoreItem, dict | None]], ref_fo
                 if dist == "kid":
                     est = kernels[kind].kid([o for o in gen_ids if o in kid_pool], [o for o in ref_ids if o in kid_pool])
                     size = default_subset_size(len(g), len(r))
-                    pooled, spread = kid_from_features(g, r, subset_size=size)
+                    pooled, spread = kid_from_features(g, r, subset_size=size, device=device)
                     entry = dataclasses.replace(entry, gen_objects=est.objects_a, gen_views=est.views_a,
                                                 ref_objects=est.objects_b, ref_views=est.views_b, value=est.value,
                                                 se=est.se, ci_low=est.ci_low, ci_high=est.ci_high,
                                                 paper_value=pooled, paper_std=spread, paper_subset_size=size)
                 else:
-                    est = fid_by_object(g, r, gen_labels[g_rows], ref_labels[r_rows])
+                    est = fid_by_object(g, r, gen_labels[g_rows], ref_labels[r_rows],
+                                        device=device)
                     entry = dataclasses.replace(entry, value=est.value, value_objects=est.n_objects,
                                                 paper_value=est.value_all_views)
             except ValueError as exc:

@@ -1,6 +1,7 @@
 import numpy as np
 import pytest
 import scipy.linalg
+import torch
 import trimesh
 
 import tiny_features
@@ -172,7 +173,8 @@ def test_bootstrap_replicate_equals_the_statistic_of_the_resampled_sets():
     pool = ObjectKernel(np.concatenate([a, b]), np.concatenate([la, 10 + lb]))
     sa, sb = pool.sums[:6, :6], pool.sums[6:, 6:]
     wa, wb = np.array([[2.0, 0, 1, 3, 0, 0]]), np.array([[0.0, 1, 1, 2, 1]])
-    xx, yy, xy = (float(t[0]) for t in kid_terms(sa, sb, pool.sums[:6, 6:], pool.views[:6], pool.views[6:], wa, wb))
+    va, vb, twa, twb = (torch.tensor(x, dtype=torch.float64) for x in (pool.views[:6], pool.views[6:], wa, wb))
+    xx, yy, xy = (float(t[0]) for t in kid_terms(sa, sb, pool.sums[:6, 6:], va, vb, twa, twb))
     rep_a = np.concatenate([np.flatnonzero(la == o) for o in range(6) for _ in range(int(wa[0, o]))])
     rep_b = np.concatenate([np.flatnonzero(lb == o) for o in range(5) for _ in range(int(wb[0, o]))])
     value, kxx, kyy, kxy = numpy_object_kid(a[rep_a], b[rep_b], la[rep_a], lb[rep_b])
@@ -248,3 +250,151 @@ def test_headline_fid_is_computed_at_a_fixed_object_count():
     assert (rows[2].objects_a, rows[2].views_a, rows[2].objects_b, rows[2].views_b) == (180, 1080, 120, 720)
     sub = fid_by_object(gen, ref, lg, lr, n_objects=500)  # more than the set has: all of it, and recorded
     assert sub.n_objects == 180 and sub.value == pytest.approx(sub.value_all_views)
+
+
+# --- the arithmetic on a torch device: the same numbers as independent numpy formulas and torch-fidelity ----------
+import dataclasses  # noqa: E402
+
+from mme3dr.metrics import fidelity  # noqa: E402
+
+#: Devices the arithmetic is checked on: None is the CPU; cuda where this machine has one.
+DEVICES = [None, "cpu", torch.device("cpu"),
+           pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU"))]
+
+
+def uneven_objects(rng, views, d, shift=0.0):
+    """Clustered views, ``views[o]`` of object o, rows shuffled (an object's views need not be contiguous)."""
+    x = np.concatenate([rng.normal(size=(1, d)) + rng.normal(scale=1.5, size=(v, d)) + shift for v in views])
+    labels = np.repeat(np.arange(len(views)), views)
+    perm = rng.permutation(len(x))
+    return x[perm], labels[perm]
+
+
+def brute_object_sums(x, labels, gamma, coef0, degree):
+    """S[o, p] = sum of k(x_i, x_j) over views i of object o and j of object p, one pair of views at a time."""
+    ids = {o: i for i, o in enumerate(np.unique(labels))}
+    s = np.zeros((len(ids), len(ids)))
+    for i in range(len(x)):
+        for j in range(len(x)):
+            s[ids[labels[i]], ids[labels[j]]] += (gamma * float(x[i] @ x[j]) + coef0) ** degree
+    return s
+
+
+def numpy_object_kid_bootstrap(a, b, la, lb, bootstrap, seed, gamma, coef0, degree):
+    """The object-aware KID and its bootstrap from full kernel matrices: a replicate weights row i by the
+    multiplicity of its object (``numpy.random.default_rng(seed).multinomial``, one draw per set, objects in
+    sorted order) and leaves out every pair of rows of one object."""
+    k = lambda p, q: (gamma * (p @ q.T) + coef0) ** degree  # noqa: E731
+    kaa, kbb, kab = k(a, a), k(b, b), k(a, b)
+    ia, ib = np.unique(la, return_inverse=True)[1], np.unique(lb, return_inverse=True)[1]
+    oa, ob = ia.max() + 1, ib.max() + 1
+
+    def stat(wa, wb):
+        ra, rb = wa[ia], wb[ib]
+        pa, pb = np.outer(ra, ra) * (ia[:, None] != ia[None, :]), np.outer(rb, rb) * (ib[:, None] != ib[None, :])
+        with np.errstate(invalid="ignore"):
+            kxx, kyy = (kaa * pa).sum() / pa.sum(), (kbb * pb).sum() / pb.sum()
+        return kxx, kyy, (kab * np.outer(ra, rb)).sum() / (ra.sum() * rb.sum())
+
+    kxx, kyy, kxy = stat(np.ones(oa), np.ones(ob))
+    rng = np.random.default_rng(seed)
+    wa = rng.multinomial(oa, np.full(oa, 1 / oa), size=bootstrap)
+    wb = rng.multinomial(ob, np.full(ob, 1 / ob), size=bootstrap)
+    reps = np.array([(lambda t: t[0] + t[1] - 2 * t[2])(stat(x, y)) for x, y in zip(wa, wb)])
+    reps = reps[np.isfinite(reps)]
+    return (kxx + kyy - 2 * kxy, np.std(reps, ddof=1), *np.percentile(reps, [2.5, 97.5]), kxx, kyy, kxy)
+
+
+def nuclear_fid(a, b):
+    """FID with Tr (S_a S_b)^(1/2) as the nuclear norm of the product of the centred rows (no QR, numpy SVD)."""
+    ma, mb = a - a.mean(0), b - b.mean(0)
+    cross = np.linalg.svd(ma @ mb.T, compute_uv=False).sum() / np.sqrt((len(a) - 1) * (len(b) - 1))
+    tr = (ma**2).sum() / (len(a) - 1) + (mb**2).sum() / (len(b) - 1)
+    return float(((a.mean(0) - b.mean(0)) ** 2).sum() + tr - 2 * cross)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("tile_rows", [2, 5, 1024])
+def test_object_kernel_sums_equal_a_double_loop_over_views(device, tile_rows, monkeypatch):
+    """Tiles of 2 and 5 views split the pool into many tiles, with objects larger than a tile (7 views)."""
+    monkeypatch.setattr(fidelity, "_TILE_ROWS", tile_rows)
+    rng = np.random.default_rng(10)
+    x, labels = uneven_objects(rng, [3, 7, 1, 4, 2, 5], d=6)
+    for gamma, coef0, degree in ((1 / 6, 1.0, 3), (0.3, 0.5, 2)):
+        pool = ObjectKernel(x.astype(np.float32), labels, degree, gamma, coef0, device=device)
+        assert pool.sums.dtype == torch.float64 and pool.sums.device.type == ("cpu" if device is None else
+                                                                              torch.device(device).type)
+        ref = brute_object_sums(x.astype(np.float32).astype(np.float64), labels, gamma, coef0, degree)
+        np.testing.assert_allclose(pool.sums.cpu().numpy(), ref, rtol=1e-12)
+        np.testing.assert_array_equal(pool.views, [3, 7, 1, 4, 2, 5])
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_object_kid_and_its_bootstrap_equal_full_kernel_matrices(device):
+    rng = np.random.default_rng(11)
+    a, la = uneven_objects(rng, [4, 2, 5, 3, 3, 1, 4], d=12)
+    b, lb = uneven_objects(rng, [3, 3, 2, 4, 1], d=12, shift=0.4)
+    for gamma, coef0, degree in ((None, 1.0, 3), (0.05, 2.0, 2)):
+        est = kid_by_object(a, b, la, lb, bootstrap=300, degree=degree, gamma=gamma, coef0=coef0, seed=5,
+                            device=device)
+        ref = numpy_object_kid_bootstrap(a, b, la, lb, 300, 5, gamma or 1 / 12, coef0, degree)
+        got = (est.value, est.se, est.ci_low, est.ci_high, est.k_xx, est.k_yy, est.k_xy)
+        assert got == pytest.approx(ref, rel=1e-9)
+        assert all(type(v) is float for v in got)  # Python floats, whatever the device
+        assert (est.objects_a, est.views_a, est.objects_b, est.views_b) == (7, 22, 5, 13)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("n_a, n_b, d, subsets, size, degree, gamma, coef0", [
+    (50, 40, 16, 10, 20, 3, None, 1.0),
+    (120, 90, 24, 20, 40, 2, 0.1, 0.5),
+    (64, 64, 8, 5, 64, 4, None, 2.0),  # subsets of every row: only the order of the draws differs
+    (30, 200, 32, 15, 2, 3, 0.02, 1.0),  # the smallest subsets
+])
+@pytest.mark.parametrize("batch", [1, 3, None])
+def test_pooled_kid_is_torch_fidelitys(device, n_a, n_b, d, subsets, size, degree, gamma, coef0, batch, monkeypatch):
+    """The same subsets and the same statistic as torch-fidelity's kid_features_to_metric (float64 features),
+    whether the subsets are computed one at a time, 3 at a time (the last batch shorter) or all at once."""
+    from torch_fidelity.metric_kid import KEY_METRIC_KID_MEAN, KEY_METRIC_KID_STD, kid_features_to_metric
+
+    if batch:
+        monkeypatch.setattr(fidelity, "_SUBSET_ELEMENTS", batch * size * max(size, d))
+    rng = np.random.default_rng(n_a + n_b)
+    a = rng.normal(size=(n_a, d)).astype(np.float32)
+    b = (rng.normal(size=(n_b, d)) * 1.1 + 0.2).astype(np.float32)
+    mean, std = kid_from_features(a, b, subsets, size, degree, gamma, coef0, seed=9, device=device)
+    ref = kid_features_to_metric(torch.from_numpy(a).double(), torch.from_numpy(b).double(), kid_subsets=subsets,
+                                 kid_subset_size=size, kid_kernel="poly", kid_kernel_poly_degree=degree,
+                                 kid_kernel_poly_gamma=gamma, kid_kernel_poly_coef0=coef0, rng_seed=9, verbose=False)
+    assert type(mean) is float and type(std) is float
+    assert mean == pytest.approx(ref[KEY_METRIC_KID_MEAN], rel=1e-9)
+    assert std == pytest.approx(ref[KEY_METRIC_KID_STD], rel=1e-9)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("fit_rows", [7, 8192])
+def test_fid_equals_the_nuclear_norm_of_the_centred_product(device, fit_rows, monkeypatch):
+    """Fewer and more rows than dimensions; with 7 rows per block the QR factor is accumulated over many blocks."""
+    monkeypatch.setattr(fidelity, "_FIT_ROWS", fit_rows)
+    rng = np.random.default_rng(12)
+    for n_a, n_b, d in ((90, 60, 10), (20, 15, 40), (50, 12, 30)):
+        a, b = rng.normal(size=(n_a, d)), rng.normal(size=(n_b, d)) * 1.2 + 0.3
+        value = fid_from_features(a.astype(np.float32), b, device=device)
+        assert type(value) is float
+        assert value == pytest.approx(nuclear_fid(a.astype(np.float32).astype(np.float64), b), rel=1e-9)
+        if n_a > d and n_b > d:  # full-rank covariances: scipy's sqrtm is accurate too
+            assert value == pytest.approx(numpy_fid(a.astype(np.float32).astype(np.float64), b), rel=1e-7)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_fixed_count_fid_equals_draws_recomputed_in_numpy(device):
+    rng = np.random.default_rng(13)
+    gen, lg = uneven_objects(rng, [3, 4, 2, 5, 3, 3, 4, 2, 3], d=8)
+    ref, lr = uneven_objects(rng, [4, 4, 3, 5, 2], d=8, shift=0.5)
+    est = fid_by_object(gen, ref, lg, lr, n_objects=4, draws=6, seed=3, device=device)
+    draws = np.random.default_rng(3)
+    vals = [nuclear_fid(gen[np.isin(lg, draws.choice(9, 4, replace=False))], ref) for _ in range(6)]
+    assert (est.value, est.std_over_draws) == pytest.approx((np.mean(vals), np.std(vals)), rel=1e-9)
+    assert est.value_all_views == pytest.approx(nuclear_fid(gen, ref), rel=1e-9)
+    assert dataclasses.astuple(est)[2:] == pytest.approx((4, 6, est.value_all_views, 9, 29, 5, 18, 3))
+    assert all(type(v) is float for v in (est.value, est.std_over_draws, est.value_all_views))

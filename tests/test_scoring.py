@@ -102,6 +102,32 @@ def test_compat_metrics(setup, tmp_path):
     assert 0.0 < kd <= 1.0  # an RBF similarity
 
 
+@pytest.mark.parametrize("device", ["cpu", None])
+def test_set_metrics_are_computed_on_the_scoring_device(setup, device, monkeypatch):
+    """score_sets hands ``options.device`` to every distance (None: the image models' default device)."""
+    import dataclasses
+
+    from mme3dr.metrics import fidelity
+    from mme3dr.metrics.features import default_device
+
+    run, ref, opts, _ = setup
+    seen = []
+
+    def spy(fn):
+        def wrapped(*args, **kwargs):
+            seen.append((fn.__name__, kwargs.get("device")))
+            return fn(*args, **kwargs)
+        wrapped.__name__ = fn.__name__
+        return wrapped
+
+    for name in ("ObjectKernel", "kid_from_features", "fid_by_object"):
+        monkeypatch.setattr(fidelity, name, spy(getattr(fidelity, name)))
+    s = score_run(run, ["kid", "fid"], PRESET, ref, dataclasses.replace(opts, device=device), progress=False)
+    assert np.isfinite(s.set_scores["kid"].overall.value) and np.isfinite(s.set_scores["fid"].overall.value)
+    assert {n for n, _ in seen} == {"ObjectKernel", "kid_from_features", "fid_by_object"}
+    assert {d for _, d in seen} == {device or default_device()}
+
+
 def test_missing_reference_and_renders_are_clear(setup, tmp_path):
     run, ref, opts, _ = setup
     with pytest.raises(ValueError, match="pass --reference"):

@@ -30,7 +30,7 @@ from PIL import Image
 from mme3dr.defaults import DEFAULTS
 from mme3dr.errors import InputError
 from mme3dr.metrics.base import HIGHER, MetricResult, PromptMetric, ScoreItem
-from mme3dr.metrics.features import normalise
+from mme3dr.metrics.features import default_device, normalise
 from mme3dr.metrics.views import ViewPixels, prepare
 from mme3dr.weights import (MissingWeightsError, UnsafeWeightsError, local_candidates, missing_message,
                             refusing_code, resolve_local)
@@ -45,10 +45,6 @@ def _library_logs_silenced():
         yield
     finally:
         logging.disable(logging.NOTSET)
-
-
-def default_device() -> str:
-    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def square_resize(transform: Any) -> tuple[int, tuple[float, ...], tuple[float, ...]] | None:

@@ -45,13 +45,19 @@ IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 DINOV2_PREPROCESSING = ("resize224", "ar3d-r1-eval")
 
 
+def default_device() -> str:
+    """The device the models (and the set-metric arithmetic of scoring) run on when none is given: cuda when
+    available, else cpu."""
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
 class FeatureExtractor(ABC):
     name: str
     #: Sizes of the square bicubic resizes :meth:`_forward` reads (``ViewPixels.resized``); empty: full size only.
     sizes: tuple[int, ...] = ()
 
     def __init__(self, device: str | None = None, batch_size: int = DEFAULTS.batch_size) -> None:
-        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        self.device = device or default_device()
         self.batch_size = batch_size
 
     @property
