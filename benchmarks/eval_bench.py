@@ -110,10 +110,8 @@ def reference_set(folder: Path, preset, n_objects: int, workers: int) -> Path:
 
 def image_models(a, folder: Path):
     """(ScoreOptions, kind) for the image metrics from the command line ((None, None): no image models asked for)."""
-    from mme3dr.defaults import DEFAULTS
     from mme3dr.metrics.specs import ScoreOptions
 
-    a.batch_size = a.batch_size or DEFAULTS.batch_size
     folder.mkdir(parents=True, exist_ok=True)
     opts = dict(device=a.device, batch_size=a.batch_size)
     if a.decode_workers is not None:
@@ -184,6 +182,12 @@ def _peak_rss_mb() -> dict[str, float]:
             "largest_child": round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * scale, 1)}
 
 
+def cpu_seconds() -> float:
+    """CPU seconds (user + system) used so far by this process and its finished children (worker processes)."""
+    own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+
+
 def compare(a_path: Path, b_path: Path) -> None:
     """Print the peak-RSS ratio of two benchmark results (the scaling check: more prompts, flat memory)."""
     a, b = (json.loads(Path(p).read_text()) for p in (a_path, b_path))
@@ -222,6 +226,7 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--render-prompts", type=int, default=None,
                     help="render only this many prompts and copy their renders to the others")
     ap.add_argument("--tiny-clip", action="store_true", help="also time the clip stage with the tests' tiny CLIP")
+    ap.add_argument("--no-report", action="store_true", help="leave out the report stage")
     ap.add_argument("--compare", nargs=2, type=Path, metavar=("A.json", "B.json"),
                     help="print the peak-RSS ratio of two results and exit")
     return ap
@@ -271,8 +276,10 @@ def generate_and_render(a, bench, preset, tmp: Path, result: dict) -> Path:
         result["renders_copied"] = {"rendered_prompts": k, "copied_to": len(bench) - k,
                                     "note": "render_s is for the rendered prompts only"}
     else:
+        cpu = cpu_seconds()
         ren = render_run(run, preset, workers=a.render_workers, progress=False)
         stages["render"] = round(time.perf_counter() - t, 3)
+        result["cpu_s"]["render"] = round(cpu_seconds() - cpu, 1)
     result["render_images_per_s"] = round(ren.rendered * preset.n_views / stages["render"], 2)
     return run
 
@@ -305,10 +312,11 @@ def time_image_metrics(a, run: Path, preset, tmp: Path, result: dict, geometry_r
     _sync(opts.device)
     _reset_gpu_peak(opts.device)
     workers = max(a.workers)
-    t = time.perf_counter()  # the scoring stage as `mme3dr score` runs it: geometry's processes beside the image pass
+    t, cpu = time.perf_counter(), cpu_seconds()  # the scoring stage as `mme3dr score` runs it: geometry beside the pass
     s = score_run(run, [*metrics, "geometry"], preset, ref, opts, progress=False, built=built, workers=workers)
     _sync(opts.device)
     stages["score"] = round(time.perf_counter() - t, 3)
+    result["cpu_s"]["score"] = round(cpu_seconds() - cpu, 1)
     assert s.scored["clip"] == result["prompts"] and not s.errors["clip"], s.lines()
     assert s.scored["geometry"] == result["prompts"] and not s.errors["geometry"], s.lines()
     result["geometry_records_equal_in_the_scoring_stage"] = _records(run, "geometry") == geometry_records
@@ -334,12 +342,13 @@ def image_pass_parts(run: Path, built, opts) -> dict:
     groups = [sorted((d).glob("[0-9][0-9][0-9].png")) for d in sorted((run / "renders").glob("*/*")) if d.is_dir()]
     groups = [g for g in groups if g]
     keep, sample, n = 20 * opts.batch_size, [], 0  # only a sample is kept: memory stays flat
-    t = time.perf_counter()
+    t, first = time.perf_counter(), None
     device = opts.device or built.prompt["clip"].clip.device
     for grp in stream_views(groups, sizes, opts.decode_workers, device=device):
+        first = first or round(time.perf_counter() - t, 3)
         n += len(grp.views)
         sample += grp.views[:keep - len(sample)]
-    out = {"decode_images_per_s": round(n / (time.perf_counter() - t), 1)}
+    out = {"decode_images_per_s": round(n / (time.perf_counter() - t), 1), "decode_first_group_s": first}
     for name, model in models.items():
         model.embed(sample[:opts.batch_size])  # warm-up
         _sync(opts.device)
@@ -379,7 +388,7 @@ def main() -> None:
     result: dict = {"machine": machine(), "prompts": a.prompts, "sphere_subdivisions": a.subdivisions,
                     "views": preset.n_views, "resolution": preset.resolution, "render_workers": a.render_workers,
                     "geometry_workers": a.workers, "note": a.note, "renders_copied": None, "stages_s": {},
-                    "peak_rss_after_stage_mb": {}}
+                    "peak_rss_after_stage_mb": {}, "cpu_s": {}}
     stages, rss = result["stages_s"], result["peak_rss_after_stage_mb"]
     with tempfile.TemporaryDirectory() as tmp:
         bench = synthetic_prompts(a.prompts, Path(tmp) / "prompts")
@@ -415,9 +424,10 @@ def main() -> None:
         if "score" in stages:
             result["total_s"] = round(stages["render"] + stages["load_models"] + stages["score"], 3)
 
-        t = time.perf_counter()
-        build_report([run], Path(tmp) / "report")
-        stages["report"] = round(time.perf_counter() - t, 3)
+        if not a.no_report:
+            t = time.perf_counter()
+            build_report([run], Path(tmp) / "report")
+            stages["report"] = round(time.perf_counter() - t, 3)
     result["peak_rss_mb"] = _peak_rss_mb()
     write_result(result, a.out)
 

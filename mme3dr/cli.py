@@ -279,8 +279,9 @@ _METRICS_HELP = ("Comma-separated: clip, kid, fid, kid_dinov2, fid_dinov2, vlm, 
 MetricsOpt = Annotated[str, typer.Option("--metrics", help=_METRICS_HELP)]
 ReferenceOpt = Annotated[Optional[Path], typer.Option(help="Reference set for kid/fid (`mme3dr references build`).")]
 DeviceOpt = Annotated[Optional[str], typer.Option(help="torch device for metrics (default: cuda if available).")]
-BatchOpt = Annotated[int, typer.Option(
-    min=1, help="Images per forward pass of the image models (a batch spans prompts).")]
+BatchOpt = Annotated[Optional[int], typer.Option(
+    min=1, help=f"Images per forward pass of the image models (a batch spans prompts); default: "
+                f"{DEFAULTS.gpu_batch_size} on a GPU, {DEFAULTS.batch_size} on the CPU.")]
 DecodeOpt = Annotated[int, typer.Option(
     "--decode-workers", min=0, help="Processes that decode the rendered views for the image metrics (0: in this one).")]
 ClipModelOpt = Annotated[str, typer.Option(help="open_clip model name.")]
@@ -317,7 +318,7 @@ def score(
     reference: ReferenceOpt = None,
     preset: PresetOpt = DEFAULTS.preset,
     device: DeviceOpt = None,
-    batch_size: BatchOpt = DEFAULTS.batch_size,
+    batch_size: BatchOpt = None,
     decode_workers: DecodeOpt = DEFAULTS.decode_workers,
     clip_model: ClipModelOpt = DEFAULTS.clip_model,
     clip_pretrained: ClipTagOpt = DEFAULTS.clip_pretrained,
@@ -369,7 +370,7 @@ def evaluate(
     preset: PresetOpt = DEFAULTS.preset,
     resolution: Annotated[Optional[int], typer.Option(min=8, help="Override the preset's resolution.")] = None,
     device: DeviceOpt = None,
-    batch_size: BatchOpt = DEFAULTS.batch_size,
+    batch_size: BatchOpt = None,
     decode_workers: DecodeOpt = DEFAULTS.decode_workers,
     clip_model: ClipModelOpt = DEFAULTS.clip_model,
     clip_pretrained: ClipTagOpt = DEFAULTS.clip_pretrained,

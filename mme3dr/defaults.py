@@ -71,9 +71,11 @@ class Defaults:
     #: (with the loading budget above) in a few seconds; on the 2-core CPU machine two workers were slower than one
     #: (benchmarks/results/eval_cpu*.json), so the default there is 1.
     score_workers: int = max(1, min(_usable_cpus() // 2, 8))
-    #: Images per forward pass of the image models (CLIP, Inception, DINOv2); a batch spans prompts (does not change
-    #: any score).
+    #: Images per forward pass of the image models (CLIP, Inception, DINOv2) on the CPU and on a GPU; a batch spans
+    #: prompts (does not change any score). On the H200, 128 ran the three models 12-29% faster than 32
+    #: (benchmarks/results/eval_h200_*.json, ``image_pass_parts``); on the CPU a smaller batch keeps memory low.
     batch_size: int = 32
+    gpu_batch_size: int = 128
     #: Processes that decode rendered views (PNG decode, composite on white, resize) for the image metrics (0: the
     #: calling process), and how many prompts' views each may decode ahead of the models (bounded, so memory does
     #: not grow with the prompts): the usable cores, at most 16. Processes, not threads: see mme3dr.metrics.views.

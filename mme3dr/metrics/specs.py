@@ -33,7 +33,9 @@ class ScoreOptions:
     """Model choices for every metric; the CLI's options map one to one onto these fields."""
 
     device: str | None = None
-    batch_size: int = DEFAULTS.batch_size
+    #: Images per forward pass; None: ``DEFAULTS.gpu_batch_size`` when the models run on a GPU, else
+    #: ``DEFAULTS.batch_size``.
+    batch_size: int | None = None
     clip_model: str = DEFAULTS.clip_model
     clip_pretrained: str = DEFAULTS.clip_pretrained
     clip_weights: str | None = None
@@ -47,6 +49,11 @@ class ScoreOptions:
     decode_workers: int = DEFAULTS.decode_workers
 
     def __post_init__(self) -> None:
+        if self.batch_size is None:
+            from mme3dr.metrics.features import default_device
+
+            on_gpu = str(self.device or default_device()).startswith("cuda")
+            self.batch_size = DEFAULTS.gpu_batch_size if on_gpu else DEFAULTS.batch_size
         if self.vlm_api_key is None:
             self.vlm_api_key = os.environ.get(DEFAULTS.vlm_api_key_env) or None
 

@@ -91,13 +91,15 @@ def _write_files(tmp: Path, out: RenderOutput, preset: RenderPreset, record: dic
     images = [(tmp / name, view if mode == "RGBA" else view[..., :3], mode) for name, view in zip(names, out.rgba)]
     if out.normals is not None:
         images += [(tmp / name.replace(".png", "_normal.png"), n, "RGB") for name, n in zip(names, out.normals)]
-    # PNG level 1: lossless, about twice as fast to write as the default; PIL encodes without the GIL
+    # PNG level 1: lossless, about twice as fast to write as the default; PIL encodes without the GIL, so the views
+    # and the contact sheet are written side by side
     with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+        sheet = pool.submit(lambda: contact_sheet(out.rgba).save(tmp / runfiles.CONTACT_SHEET, compress_level=1))
         list(pool.map(lambda job: Image.fromarray(job[1], job[2]).save(job[0], pnginfo=info, compress_level=1),
                       images))
+        sheet.result()
     if out.depth is not None:
         np.savez_compressed(tmp / "depth.npz", depth=out.depth)
-    contact_sheet(out.rgba).save(tmp / runfiles.CONTACT_SHEET, compress_level=1)
     meta = {"preset": preset.params(), "preset_hash": preset.hash}
     (tmp / runfiles.TRANSFORMS).write_text(json.dumps(transforms_dict(out.cameras, names, meta), indent=1))
     record = {**record, "preset": preset.name, "preset_hash": preset.hash, "backend": out.backend,
