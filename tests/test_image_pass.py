@@ -341,3 +341,65 @@ def test_a_model_failing_on_one_object_fails_that_object_for_that_model_only(tmp
     for r in (out[0], out[1], out[3]):  # objects batched with object 2 are embedded again on their own
         assert not r.failed and r.embeddings["picky"].shape == (3, 3)
         np.testing.assert_array_equal(r.embeddings["picky"], r.embeddings["mean"])
+
+
+def _unrendered(setup, name):
+    """A copy of the generated run (no renders, scores or features) and of the reference set (no features)."""
+    tmp, _, _ = setup
+    out = tmp / name
+    shutil.rmtree(out, ignore_errors=True)
+    shutil.copytree(tmp / "RUN", out / "RUN", ignore=shutil.ignore_patterns("renders", "scores.jsonl"))
+    shutil.copytree(tmp / "REF", out / "REF", ignore=shutil.ignore_patterns("features"))
+    return out / "RUN", out / "REF"
+
+
+def test_scoring_while_rendering_ends_as_rendering_then_scoring(setup):
+    """evaluate's one-process path scores parts of the prompts while the rest still render; the run folder ends as
+    render_run then score_run leave it: the same records in the same order, set scores, caches and renders."""
+    from mme3dr.evaluate import render_and_score
+    from mme3dr.scoring import build_metrics
+
+    _, prompts, opts = setup
+    metrics = ["clip", "geometry", "kid", "kid_dinov2"]
+    folders = {}
+    for how in ("parts", "stages"):
+        run, ref = _unrendered(setup, how)
+        built = build_metrics(metrics, PRESET, ref, opts)
+        if how == "parts":
+            timings = {}
+            ren, sco = render_and_score(run, PRESET, metrics, ref, opts, False, built, 2, 1, timings, part=2)
+            assert set(timings) == {"render", "score"}
+        else:
+            ren = render_run(run, PRESET, workers=2, progress=False)
+            sco = score_run(run, metrics, PRESET, ref, opts, progress=False, built=built, workers=1)
+        assert ren.rendered == len(prompts) and sco.scored == {"clip": len(prompts), "geometry": len(prompts)}
+        assert set(sco.set_scores) == {"kid", "kid_dinov2"}
+        folders[how] = run
+    parts, stages = folders["parts"], folders["stages"]
+
+    def records(run):
+        rows = [json.loads(line) for line in (run / "scores.jsonl").read_text().splitlines()]
+        return [{k: v for k, v in r.items() if k not in ("seconds", "asset_sha256")} for r in rows]
+
+    assert len(records(parts)) == len(records(stages)) == 2 * len(prompts)
+    for a, b in zip(records(parts), records(stages)):  # batches hold other views: float32 rounding differs
+        assert {k: v for k, v in a.items() if k not in ("values", "per_view")} == \
+               {k: v for k, v in b.items() if k not in ("values", "per_view")}
+        for key in ("values", "per_view"):
+            assert a[key].keys() == b[key].keys()
+            for name in a[key]:
+                np.testing.assert_allclose(a[key][name], b[key][name], rtol=1e-6, atol=1e-5)
+    for metric, groups in set_values(stages).items():
+        for group, values in groups.items():
+            np.testing.assert_allclose(set_values(parts)[metric][group], values, rtol=1e-4, atol=1e-6)
+    for a, b in zip(view_files(parts / "renders" / PRESET.tag), view_files(stages / "renders" / PRESET.tag),
+                    strict=True):
+        assert a.name == b.name and a.read_bytes() == b.read_bytes()
+    caches = sorted((parts / "renders" / PRESET.tag / "features").glob("*.npz"))
+    assert len(caches) == 2
+    for cache in caches:
+        with np.load(cache) as x, np.load(stages / "renders" / PRESET.tag / "features" / cache.name) as y:
+            order = np.argsort(x["keys"]), np.argsort(y["keys"])
+            assert [k.split("/parts/")[-1] for k in x["keys"][order[0]]] == \
+                   [k.split("/stages/")[-1] for k in y["keys"][order[1]]]
+            np.testing.assert_allclose(x["features"][order[0]], y["features"][order[1]], rtol=1e-5, atol=1e-6)
