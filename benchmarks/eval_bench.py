@@ -227,8 +227,6 @@ def parser() -> argparse.ArgumentParser:
                     help="render only this many prompts and copy their renders to the others")
     ap.add_argument("--tiny-clip", action="store_true", help="also time the clip stage with the tests' tiny CLIP")
     ap.add_argument("--no-report", action="store_true", help="leave out the report stage")
-    ap.add_argument("--evaluate", action="store_true",
-                    help="time `evaluate` itself (render and score at once) instead of each stage on its own")
     ap.add_argument("--compare", nargs=2, type=Path, metavar=("A.json", "B.json"),
                     help="print the peak-RSS ratio of two results and exit")
     return ap
@@ -333,43 +331,6 @@ def time_image_metrics(a, run: Path, preset, tmp: Path, result: dict, geometry_r
     result["image_pass_parts"] = image_pass_parts(run, built, opts)
 
 
-def time_evaluate(a, bench, preset, tmp: Path, result: dict) -> None:
-    """``mme3dr evaluate`` as a user runs it, through the Python API: the synthetic meshes served by the folder
-    adapter, the four image metrics and geometry against the synthetic reference set (its features computed and
-    cached first, untimed), no report. ``total_s`` = the call's wall time less generation: model loading,
-    rendering and scoring, which overlap (``render_and_score``)."""
-    from mme3dr.evaluate import evaluate
-    from mme3dr.scoring import SetInputs, build_metrics, fill_features
-
-    opts, kind = image_models(a, tmp / "models")
-    if opts is None:
-        raise SystemExit("--evaluate needs image models (--random-weights, --tiny-models or weights)")
-    result["image_models"] = kind
-    make_meshes(tmp / "assets", [r.id for r in bench], a.subdivisions)
-    ref = reference_set(tmp, preset, a.ref_objects, a.render_workers)
-    metrics = a.image_metrics.split(",")
-    sets = [m for m in metrics if m != "clip"]
-    built = build_metrics(sets, preset, ref, opts)  # the reference side cached, as for any run after the first
-    fill_features(SetInputs.load(tmp / "RUN", [], ref / preset.tag, preset, built.extractors, sets),
-                  built.extractors, opts, progress=False)
-    del built
-    _reset_gpu_peak(opts.device)
-    t, cpu = time.perf_counter(), cpu_seconds()
-    summary = evaluate("folder", tmp / "RUN", {"root": str(tmp / "assets")}, [*metrics, "geometry"], reference=ref,
-                       limit=len(bench), preset=preset, options=opts, source=bench.location, report=False,
-                       workers=a.render_workers, score_workers=max(a.workers), progress=False)
-    wall = time.perf_counter() - t
-    result["cpu_s"]["evaluate"] = round(cpu_seconds() - cpu, 1)
-    result["stages_s"] = {"evaluate_wall": round(wall, 3), **{k: round(v, 3) for k, v in summary.timings.items()}}
-    assert summary.score.scored["clip"] == len(bench) and not summary.score.errors["clip"], summary.lines()
-    assert summary.score.scored["geometry"] == len(bench), summary.lines()
-    result["total_s"] = round(wall - summary.timings["generate"], 3)
-    result["image_options"] = {"device": opts.device, "batch_size": opts.batch_size,
-                               "decode_workers": opts.decode_workers}
-    result["peak_gpu_mb"] = gpu_peak_mb(opts.device)
-    result["set_scores_overall"] = {m: r.overall.value for m, r in summary.score.set_scores.items()}
-
-
 def image_pass_parts(run: Path, built, opts) -> dict:
     """Where the image pass spends its time: decoding alone (the views of every prompt through
     :func:`~mme3dr.metrics.views.stream_views`, no model), and each model alone on views decoded beforehand
@@ -432,12 +393,6 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         bench = synthetic_prompts(a.prompts, Path(tmp) / "prompts")
         result["prompts"] = len(bench)
-        if a.evaluate:
-            result["mode"] = "evaluate"
-            time_evaluate(a, bench, preset, Path(tmp), result)
-            result["peak_rss_mb"] = _peak_rss_mb()
-            write_result(result, a.out)
-            return
         run = generate_and_render(a, bench, preset, Path(tmp), result)
         rss["render"] = _peak_rss_mb()["self"]
 

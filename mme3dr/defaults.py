@@ -71,9 +71,6 @@ class Defaults:
     #: (with the loading budget above) in a few seconds; on the 2-core CPU machine two workers were slower than one
     #: (benchmarks/results/eval_cpu*.json), so the default there is 1.
     score_workers: int = max(1, min(_usable_cpus() // 2, 8))
-    #: `mme3dr evaluate` (one process) scores a run while it renders: each part of this many prompts, in prompt
-    #: order, as soon as all of them are rendered (mme3dr.evaluate.render_and_score).
-    evaluate_part_prompts: int = 64
     #: Images per forward pass of the image models (CLIP, Inception, DINOv2) on the CPU and on a GPU; a batch spans
     #: prompts (does not change any score). On the H200, 128 ran the three models 12-29% faster than 32
     #: (benchmarks/results/eval_h200_*.json, ``image_pass_parts``); on the CPU a smaller batch keeps memory low.

@@ -11,7 +11,6 @@ render with a damaged file is rendered again (:func:`mme3dr.render.output.render
 
 from __future__ import annotations
 
-import threading
 import time
 from contextlib import nullcontext
 from collections.abc import Sequence
@@ -27,13 +26,11 @@ from mme3dr.distributed import Ranks
 from mme3dr.generation import GenerationSummary, generate_run, read_generations
 from mme3dr.metrics.specs import ScoreOptions
 from mme3dr.render.presets import RenderPreset, get_preset
-from mme3dr.metrics.specs import get_metric
-from mme3dr.render.jobs import RenderJobResult
-from mme3dr.render.runs import RenderSummary, render_keys, render_run
+from mme3dr.render.runs import RenderSummary, render_run
 from mme3dr.runinfo import update_run_info
 from mme3dr.runlock import run_lock
 from mme3dr.score_records import read_scores
-from mme3dr.scoring import BuiltMetrics, ScoreSummary, build_metrics, no_weights_hint, parse_metrics, score_run
+from mme3dr.scoring import ScoreSummary, build_metrics, no_weights_hint, parse_metrics, score_run
 from mme3dr.weights import WeightsCheck
 
 
@@ -56,73 +53,6 @@ class EvaluationSummary:
     def work_done(self) -> int:
         """Prompts generated + assets rendered + records scored in this call (0 on a finished run)."""
         return self.generation.generated + self.generation.failed + self.render.rendered + sum(self.score.scored.values())
-
-
-def render_and_score(out: Path, preset: RenderPreset, metrics: Sequence[str], reference: Path | str | None,
-                     options: ScoreOptions | None, progress: bool, built: BuiltMetrics, workers: int,
-                     score_workers: int, timings: dict[str, float],
-                     part: int = DEFAULTS.evaluate_part_prompts) -> tuple[RenderSummary, ScoreSummary]:
-    """Render a run and score it at the same time (one process): :func:`render_run` works in a background thread
-    (its worker processes), and as soon as every prompt of the next ``part`` prompts (in prompt order) has its render
-    result, :func:`score_run` scores those prompts (``prompts=``, ``set_scores=False``: per-prompt metrics, and the
-    features of their views cached for the set metrics); the set metrics come last, over every prompt, from the
-    caches. The run folder ends as :func:`render_run` then :func:`score_run` leave it. ``timings`` gets each stage's
-    wall time (``render``, ``score``), which overlap."""
-    set_names = [m for m in parse_metrics(metrics) if get_metric(m).kind == "set"]
-    expected = render_keys(out)  # the prompts render_run records a result for
-    done: set[str] = set()
-    changed = threading.Condition()
-
-    def rendered(result: RenderJobResult) -> None:
-        with changed:
-            done.add(result.key)
-            changed.notify_all()
-
-    if not expected or workers <= 1:
-        # nothing to render (score_run records the prompt metrics' errors, or says why it cannot), or rendering in
-        # this process: a GL context belongs to the thread that made it current, so it renders here, first
-        start = time.perf_counter()
-        ren = render_run(out, preset, workers=workers, progress=progress)
-        timings["render"] = time.perf_counter() - start
-        score_start = time.perf_counter()
-        sco = score_run(out, metrics, preset, reference, options, progress, built, workers=score_workers)
-        timings["score"] = time.perf_counter() - score_start
-        return ren, sco
-    start, outcome = time.perf_counter(), {}
-
-    def render() -> None:
-        try:
-            outcome["summary"] = render_run(out, preset, workers=workers, progress=progress, on_result=rendered)
-        except BaseException as exc:  # handed to the scoring thread, which raises it
-            outcome["error"] = exc
-        finally:
-            timings["render"] = time.perf_counter() - start
-            with changed:
-                outcome["finished"] = True
-                changed.notify_all()
-
-    # a daemon thread: if scoring stops (an error, Ctrl-C), the process exits without waiting for the renders (the
-    # render workers die with it: mme3dr.processes.tie_to_parent)
-    threading.Thread(target=render, name="mme3dr-render", daemon=True).start()
-    sco, score_start = ScoreSummary(), None
-    for first in range(0, len(expected), part):
-        keys = expected[first:first + part]
-        with changed:
-            changed.wait_for(lambda: done.issuperset(keys) or "finished" in outcome)
-        if "error" in outcome:
-            raise outcome["error"]
-        score_start = score_start or time.perf_counter()
-        sco.add(score_run(out, metrics, preset, reference, options, progress, built, workers=score_workers,
-                          prompts=keys, set_scores=False))
-    with changed:
-        changed.wait_for(lambda: "finished" in outcome)
-    if "error" in outcome:
-        raise outcome["error"]
-    if set_names:  # every feature is cached by now: the distances alone (no per-prompt metric scored again)
-        sco.set_scores = score_run(out, set_names, preset, reference, options, progress,
-                                   BuiltMetrics({}, built.extractors), workers=score_workers).set_scores
-    timings["score"] = time.perf_counter() - score_start
-    return outcome["summary"], sco
 
 
 def _metric_configs(run_dir: Path) -> dict[str, Any]:
@@ -171,17 +101,12 @@ def evaluate(model: str, out: Path | str, model_args: dict[str, Any] | None = No
                                retry_failed=retry_failed)
         ranks.barrier()  # the other ranks wait for the generations
         timings["generate"] = time.perf_counter() - t
-        if ranks.world == 1:
-            ren, sco = render_and_score(out, preset, metrics, reference, options, progress, built, workers,
-                                        score_workers, timings)
-        else:  # one stage after the other: the stages' collectives share the process group
-            t = time.perf_counter()
-            ren = render_run(out, preset, workers=workers, progress=progress, ranks=ranks)
-            timings["render"] = time.perf_counter() - t
-            t = time.perf_counter()
-            sco = score_run(out, metrics, preset, reference, options, progress, built, workers=score_workers,
-                            ranks=ranks)
-            timings["score"] = time.perf_counter() - t
+        t = time.perf_counter()
+        ren = render_run(out, preset, workers=workers, progress=progress, ranks=ranks)
+        timings["render"] = time.perf_counter() - t
+        t = time.perf_counter()
+        sco = score_run(out, metrics, preset, reference, options, progress, built, workers=score_workers, ranks=ranks)
+        timings["score"] = time.perf_counter() - t
         report_dir = None
         if report and ranks.main:
             from mme3dr.report import build_report

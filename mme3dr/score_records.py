@@ -116,17 +116,11 @@ def append_score(run_dir: Path | str, record: ScoreRecord) -> None:
 
 
 def keep_latest_scores(run_dir: Path | str) -> None:
-    """Rewrite ``RUN/scores.jsonl`` (atomically) with one record per (prompt, metric): the latest, grouped by
-    metric (metrics and, within one, prompts in the order they first appear), so a run scored in parts ends as one
-    scored at once."""
+    """Rewrite ``RUN/scores.jsonl`` (atomically) with one record per (prompt, metric): the latest."""
     path = scores_path(run_dir)
     if path.exists():
-        records = read_scores(run_dir)
-        latest = {(r.prompt_id, r.metric): r for r in records}
-        metric = {m: i for i, m in enumerate(dict.fromkeys(r.metric for r in records))}
-        prompt = {p: i for i, p in enumerate(dict.fromkeys(r.prompt_id for r in records))}
-        ordered = sorted(latest.values(), key=lambda r: (metric[r.metric], prompt[r.prompt_id]))
-        write_jsonl(path, [r.to_json() for r in ordered])
+        latest = {(r.prompt_id, r.metric): r for r in read_scores(run_dir)}
+        write_jsonl(path, [r.to_json() for r in latest.values()])
 
 
 @dataclass

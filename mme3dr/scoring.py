@@ -17,7 +17,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import time
-from collections.abc import Collection, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -65,14 +65,6 @@ class ScoreSummary:
     skipped: dict[str, int] = field(default_factory=dict)
     errors: dict[str, list[tuple[str, str]]] = field(default_factory=dict)
     set_scores: dict[str, SetMetricRecord] = field(default_factory=dict)
-
-    def add(self, other: ScoreSummary) -> None:
-        """Count ``other`` (the summary of another part of the prompts) in this one."""
-        for m in other.scored:
-            self.scored[m] = self.scored.get(m, 0) + other.scored[m]
-            self.skipped[m] = self.skipped.get(m, 0) + other.skipped.get(m, 0)
-            self.errors[m] = self.errors.get(m, []) + other.errors.get(m, [])
-        self.set_scores.update(other.set_scores)
 
     def lines(self) -> list[str]:
         out = []
@@ -140,16 +132,12 @@ def run_checklists(run_dir: Path, gens: dict[str, GenerationRecord],
     return {pid: by_id[pid].checklist for pid in gens}
 
 
-def _items(run_dir: Path, preset: RenderPreset, checklists: bool = True, source: str | None = None,
-           prompts: Collection[str] | None = None) -> tuple[list[tuple[ScoreItem, dict | None]], dict[str, str]]:
-    """A ScoreItem per generated asset (of the prompt ids ``prompts``, default all), with the render record of
-    ``preset`` (None when not rendered), and the prompts refused because their id would lead out of the render
-    folder (id -> message). ``checklists``: attach each prompt's checklist (:func:`run_checklists`, from ``source``
-    or the run's own prompt set)."""
+def _items(run_dir: Path, preset: RenderPreset, checklists: bool = True, source: str | None = None
+           ) -> tuple[list[tuple[ScoreItem, dict | None]], dict[str, str]]:
+    """A ScoreItem per generated asset, with the render record of ``preset`` (None when not rendered), and the
+    prompts refused because their id would lead out of the render folder (id -> message). ``checklists``: attach
+    each prompt's checklist (:func:`run_checklists`, from ``source`` or the run's own prompt set)."""
     gens = read_generations(run_dir)
-    if prompts is not None:
-        wanted = set(prompts)
-        gens = {pid: rec for pid, rec in gens.items() if pid in wanted}
     checklists = run_checklists(run_dir, gens, source) if checklists and gens else {}
     folder = child_path(run_dir, runfiles.RENDERS_DIR, preset.tag, what="render preset tag")
     out, refused = [], {}
@@ -211,8 +199,7 @@ def build_metrics(metrics: Sequence[str], preset: RenderPreset, reference: Path 
 def score_run(run_dir: Path | str, metrics: Sequence[str], preset: RenderPreset, reference: Path | str | None = None,
               options: ScoreOptions | None = None, progress: bool = True,
               built: BuiltMetrics | None = None, source: str | None = None,
-              workers: int = DEFAULTS.score_workers, ranks: Ranks = Ranks(), prompts: Collection[str] | None = None,
-              set_scores: bool = True) -> ScoreSummary:
+              workers: int = DEFAULTS.score_workers, ranks: Ranks = Ranks()) -> ScoreSummary:
     """Score a run with ``metrics`` (names registered in :data:`~mme3dr.metrics.specs.METRICS`); ``built`` reuses
     :func:`build_metrics` output. Checklists come from the run's own prompt set (``run.json``), or from
     ``source`` (a prompt file, dataset folder or hub id) when given; see :func:`run_checklists`.
@@ -223,18 +210,13 @@ def score_run(run_dir: Path | str, metrics: Sequence[str], preset: RenderPreset,
     ``ranks`` (:mod:`mme3dr.distributed`): each rank scores its share of the prompts and computes the features of
     its share of the views; rank 0 gathers them, writes every record (in prompt order, as one process would) and
     the feature caches, and computes the set metrics. The summary of rank 0 covers every prompt; the other ranks'
-    summaries are empty.
-
-    ``prompts``: score only these prompt ids (the per-prompt metrics, and the features of their views that the set
-    metrics need). ``set_scores=False``: compute and cache those features but not the set metrics themselves (a
-    later call over every prompt does, from the caches); see :func:`mme3dr.evaluate.evaluate`, which scores a run in
-    parts while it is still rendering."""
+    summaries are empty."""
     if workers < 1:
         raise InputError(f"workers must be at least 1, got {workers}")
     run_dir, options = Path(run_dir), options or ScoreOptions()
     metrics = parse_metrics(metrics)
-    items, refused = _items(run_dir, preset, any(get_metric(m).uses_checklist for m in metrics), source, prompts)
-    if not items and not refused and prompts is None:
+    items, refused = _items(run_dir, preset, any(get_metric(m).uses_checklist for m in metrics), source)
+    if not items and not refused:
         raise MissingInputError(f"{run_dir}: no generated assets; run `mme3dr generate ... --out RUN` first")
     built = built if built is not None else build_metrics(metrics, preset, reference, options)
     ref_folder = _reference_folder(reference, preset) if reference is not None else None
@@ -276,7 +258,7 @@ def score_run(run_dir: Path | str, metrics: Sequence[str], preset: RenderPreset,
     if not ranks.main:
         return ScoreSummary()
     keep_latest_scores(run_dir)  # one record per (prompt, metric): the latest
-    if sets is not None and set_scores:
+    if sets is not None:
         summary.set_scores = score_sets(run_dir, items, ref_folder, set_names, preset, built.extractors, progress,
                                         options, sets)
     return summary

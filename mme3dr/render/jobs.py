@@ -9,7 +9,7 @@ index file and the rest goes on. A render that cannot be written (a full disk) s
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -130,10 +130,9 @@ def _work(task: tuple[RenderJob, str | None]) -> RenderJobResult:
 
 def run_jobs(jobs: Sequence[RenderJob], preset: RenderPreset, index: Path | None = None, workers: int = 1,
              backend: str | None = None, depth: bool = False, normals: bool = False, progress: bool = True,
-             desc: str = "render", refused: Sequence[RenderJobResult] = (),
-             on_result: Callable[[RenderJobResult], None] | None = None) -> list[RenderJobResult]:
-    """Render every job; each result is appended to ``index`` as soon as it is known (then compacted) and handed to
-    ``on_result``. ``refused``: failures decided before rendering (e.g. an unsafe key), recorded like the others."""
+             desc: str = "render", refused: Sequence[RenderJobResult] = ()) -> list[RenderJobResult]:
+    """Render every job; each result is appended to ``index`` as soon as it is known (then compacted).
+    ``refused``: failures decided before rendering (e.g. an unsafe key), recorded like the others."""
     results: list[RenderJobResult] = []
     bar = tqdm(total=len(jobs) + len(refused), desc=desc, unit="asset", disable=not progress or not (jobs or refused))
 
@@ -143,8 +142,6 @@ def run_jobs(jobs: Sequence[RenderJob], preset: RenderPreset, index: Path | None
             append_jsonl(index, asdict(res))
         bar.update(1)
         bar.set_postfix(failed=sum(not r.ok for r in results))
-        if on_result is not None:
-            on_result(res)
 
     if index is not None:
         index.parent.mkdir(parents=True, exist_ok=True)
@@ -162,7 +159,7 @@ def run_jobs(jobs: Sequence[RenderJob], preset: RenderPreset, index: Path | None
             record(RenderJobResult(job.key, True, job.folder, skipped=True))
         else:
             todo.append((job, sha))
-    if todo and workers <= 1:
+    if len(todo) == 1 or (todo and workers <= 1):
         from mme3dr.render.renderer import get_renderer
 
         renderer = get_renderer(backend)
@@ -170,7 +167,7 @@ def run_jobs(jobs: Sequence[RenderJob], preset: RenderPreset, index: Path | None
             record(render_one(job, preset, renderer, depth, normals, sha))
     elif todo:
         # spawn: EGL/OSMesa contexts do not survive fork; spawn_pool keeps the caller's script from running again
-        with spawn_pool(min(workers, len(todo)), _init_worker, (preset, backend, depth, normals)) as pool:
+        with spawn_pool(workers, _init_worker, (preset, backend, depth, normals)) as pool:
             for res in pool.imap_unordered(_work, todo):
                 record(res)
     bar.close()

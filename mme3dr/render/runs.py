@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,19 +36,10 @@ def summarise(folder: Path, results: list[RenderJobResult], not_generated: list[
                          not_generated=not_generated)
 
 
-def render_keys(run_dir: Path | str) -> list[str]:
-    """The prompt ids :func:`render_run` records a result for (rendered, up to date, failed or refused): those with
-    a generated asset, in generation order."""
-    return [pid for pid, rec in read_generations(Path(run_dir)).items()
-            if rec.ok and rec.resolved_asset(Path(run_dir)) is not None]
-
-
 def render_run(run_dir: Path | str, preset: RenderPreset, cameras: Path | str | None = None, workers: int = 1,
                backend: str | None = None, depth: bool = False, normals: bool = False,
-               progress: bool = True, ranks: Ranks = Ranks(),
-               on_result: Callable[[RenderJobResult], None] | None = None) -> RenderSummary:
-    """Render every generated asset of a run into ``RUN/renders/<preset>-<hash>/<prompt_id>/``; ``on_result`` gets
-    each prompt's :class:`~mme3dr.render.jobs.RenderJobResult` as soon as it is known (this rank's prompts).
+               progress: bool = True, ranks: Ranks = Ranks()) -> RenderSummary:
+    """Render every generated asset of a run into ``RUN/renders/<preset>-<hash>/<prompt_id>/``.
 
     ``ranks`` (:mod:`mme3dr.distributed`): each rank renders its share of the prompts; rank 0 writes the render
     index of all of them, in prompt order, and returns the summary of all (the others: of their own share).
@@ -78,9 +68,9 @@ def render_run(run_dir: Path | str, preset: RenderPreset, cameras: Path | str | 
     index = folder / runfiles.RENDER_INDEX
     if ranks.world == 1:
         return summarise(folder, run_jobs(jobs, preset, index, workers, backend, depth, normals, progress,
-                                          refused=refused, on_result=on_result), not_generated)
+                                          refused=refused), not_generated)
     results = run_jobs(ranks.shard(jobs), preset, None, workers, backend, depth, normals, progress and ranks.main,
-                       refused=refused if ranks.main else (), on_result=on_result)
+                       refused=refused if ranks.main else ())
     gathered = ranks.gather(results)
     if gathered is None:
         return summarise(folder, results, not_generated)
