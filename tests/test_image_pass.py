@@ -245,12 +245,13 @@ def _view_groups(tmp_path, n_groups=30, n_views=3, size=(20, 20)):
     return groups
 
 
-@pytest.mark.parametrize("workers", [0, 2])
-def test_views_stream_in_order_decoded_as_pil_does(tmp_path, workers):
+@pytest.mark.parametrize("workers,processes", [(0, False), (2, False), (2, True)])
+def test_views_stream_in_order_decoded_as_pil_does(tmp_path, workers, processes):
     groups = _view_groups(tmp_path)
     (tmp_path / "g07_1.png").write_bytes(b"not a png")  # fails group 7 only
     consumed = 0
-    for i, group in enumerate(views_module.stream_views(groups, (8,), workers=workers, prefetch=2)):
+    for i, group in enumerate(views_module.stream_views(groups, (8,), workers=workers, prefetch=2,
+                                                        processes=processes)):
         assert group.index == i
         if i == 7:
             assert group.views == [] and "g07_1.png" in str(group.error)
@@ -265,26 +266,31 @@ def test_views_stream_in_order_decoded_as_pil_does(tmp_path, workers):
     assert consumed == 29 * 3
 
 
-def test_views_are_decoded_only_as_far_ahead_as_asked(tmp_path, monkeypatch):
-    """In this process (0 workers) a group is decoded when it is asked for, never ahead: memory stays flat."""
+@pytest.mark.parametrize("workers", [0, 2])
+def test_views_are_decoded_only_as_far_ahead_as_asked(tmp_path, monkeypatch, workers):
+    """In this process (0 workers) a group is decoded when it is asked for; in threads, at most the next group is
+    decoded ahead: memory stays flat."""
     groups = _view_groups(tmp_path, n_groups=6)
-    decoded, real = [0], views_module.decode_view
+    decoded, lock, real = [0], threading.Lock(), views_module.decode_view
 
     def counting(*a, **k):
-        decoded[0] += 1
-        return real(*a, **k)
+        out = real(*a, **k)
+        with lock:
+            decoded[0] += 1
+        return out
 
     monkeypatch.setattr(views_module, "decode_view", counting)
-    for i, group in enumerate(views_module.stream_views(groups, (8,), workers=0)):
-        assert decoded[0] == 3 * (i + 1) and len(group.views) == 3
+    for i, group in enumerate(views_module.stream_views(groups, (8,), workers=workers, processes=False)):
+        assert 3 * (i + 1) <= decoded[0] <= 3 * (i + 1 + (workers > 0)) and len(group.views) == 3
 
 
 def test_views_of_different_sizes_in_one_group_keep_their_sizes(tmp_path):
     groups = _view_groups(tmp_path, n_groups=2, n_views=2) + [_view_groups(tmp_path / "big", 1, 1, (12, 16))[0]]
     groups[1] = groups[1] + groups[2]
-    out = list(views_module.stream_views(groups[:2], (8,), workers=2))
-    assert [tuple(v.rgb.shape) for v in out[1].views] == [(20, 20, 3), (20, 20, 3), (12, 16, 3)]
-    assert all(tuple(v.resized[8].shape) == (8, 8, 3) for g in out for v in g.views)
+    for processes in (False, True):
+        out = list(views_module.stream_views(groups[:2], (8,), workers=2, processes=processes))
+        assert [tuple(v.rgb.shape) for v in out[1].views] == [(20, 20, 3), (20, 20, 3), (12, 16, 3)]
+        assert all(tuple(v.resized[8].shape) == (8, 8, 3) for g in out for v in g.views)
 
 
 def test_non_square_views_take_the_models_own_transform(setup, tmp_path):
