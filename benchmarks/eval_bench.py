@@ -210,7 +210,7 @@ def add_shared_options(ap: argparse.ArgumentParser) -> None:
     models.add_argument("--dinov2-model", default=None, help="DINOv2 folder (save_pretrained layout)")
     models.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda when available)")
     models.add_argument("--batch-size", type=int, default=None, help="images per forward pass (default: DEFAULTS)")
-    models.add_argument("--decode-workers", type=int, default=None, help="view-decoding processes (default: DEFAULTS)")
+    models.add_argument("--decode-workers", type=int, default=None, help="view-decoding workers (default: DEFAULTS)")
     models.add_argument("--ref-objects", type=int, default=40, help="synthetic reference objects")
     models.add_argument("--image-metrics", default=",".join(IMAGE_METRICS),
                         help="clip first, then set metrics (e.g. clip,kid_dinov2 leaves Inception out on a CPU)")

@@ -283,7 +283,9 @@ BatchOpt = Annotated[Optional[int], typer.Option(
     min=1, help=f"Images per forward pass of the image models (a batch spans prompts); default: "
                 f"{DEFAULTS.gpu_batch_size} on a GPU, {DEFAULTS.batch_size} on the CPU.")]
 DecodeOpt = Annotated[int, typer.Option(
-    "--decode-workers", min=0, help="Processes that decode the rendered views for the image metrics (0: in this one).")]
+    "--decode-workers", min=0,
+    help="Workers that decode the rendered views for the image metrics: processes on a GPU, threads on the CPU "
+         "(0: none).")]
 ClipModelOpt = Annotated[str, typer.Option(help="open_clip model name.")]
 ClipTagOpt = Annotated[str, typer.Option(help="open_clip pretrained tag.")]
 ClipWeightsOpt = Annotated[Optional[str], typer.Option(help="Local CLIP checkpoint file.")]

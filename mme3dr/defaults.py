@@ -72,13 +72,15 @@ class Defaults:
     #: (benchmarks/results/eval_cpu*.json), so the default there is 1.
     score_workers: int = max(1, min(_usable_cpus() // 2, 8))
     #: Images per forward pass of the image models (CLIP, Inception, DINOv2) on the CPU and on a GPU; a batch spans
-    #: prompts (does not change any score). On the H200, 128 ran the three models 12-29% faster than 32
-    #: (benchmarks/results/eval_h200_*.json, ``image_pass_parts``); on the CPU a smaller batch keeps memory low.
+    #: prompts (does not change any score). On the H200, 128 ran the three models 12-30% faster than 32
+    #: (benchmarks/results/eval_h200_batch{32,128}.json, ``image_pass_parts``); on the CPU a smaller batch keeps
+    #: memory low.
     batch_size: int = 32
     gpu_batch_size: int = 128
-    #: Processes that decode rendered views (PNG decode, composite on white, resize) for the image metrics (0: the
-    #: calling process), and how many prompts' views each may decode ahead of the models (bounded, so memory does
-    #: not grow with the prompts): the usable cores, at most 16. Processes, not threads: see mme3dr.metrics.views.
+    #: Workers that decode rendered views (PNG decode, composite on white, resize) for the image metrics (0: the
+    #: calling thread): processes when the models run on a GPU, threads on the CPU (see mme3dr.metrics.views); the
+    #: usable cores, at most 16. ``decode_prefetch``: how many prompts' views each worker process may decode ahead
+    #: of the models (bounded, so memory does not grow with the prompts).
     decode_workers: int = max(1, min(_usable_cpus(), 16))
     decode_prefetch: int = 2
     #: VLM judge: model id (or local path), how many views go into one query, and the elevation of the target

@@ -2,7 +2,7 @@
 
 A :class:`ViewJob` is the views of one object (a prompt's renders, a reference object's renders) and the names of
 the models that still need them (e.g. ``clip``, ``inception``, ``dinov2``). :func:`run_image_pass` decodes the
-views of all jobs once (:func:`mme3dr.metrics.views.stream_views`, in worker processes, onto the models' device), queues each view for every
+views of all jobs once (:func:`mme3dr.metrics.views.stream_views`, onto the models' device), queues each view for every
 model its job names, runs a model whenever ``batch_size`` views wait for it (so a batch spans objects), and yields
 one :class:`JobResult` per job, in job order, as soon as every model has embedded all of its views. A model is
 anything with :class:`ImageModel`'s two members: the resize sizes it reads and ``embed(views) -> (n, d) float32``
@@ -62,7 +62,7 @@ class JobResult:
 def run_image_pass(jobs: Sequence[ViewJob], models: Mapping[str, ImageModel], batch_size: int = DEFAULTS.batch_size,
                    workers: int = DEFAULTS.decode_workers) -> Iterator[JobResult]:
     """Embed the views of every job with the models it names; yield a :class:`JobResult` per job, in order.
-    ``workers``: decoding processes (:func:`~mme3dr.metrics.views.stream_views`)."""
+    ``workers``: decoding workers (:func:`~mme3dr.metrics.views.stream_views`)."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     unknown = sorted({m for j in jobs for m in j.models} - set(models))

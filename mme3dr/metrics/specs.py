@@ -45,7 +45,8 @@ class ScoreOptions:
     vlm_server: str | None = None
     #: API key of the VLM server; None reads ``$MME3DR_VLM_API_KEY`` (``DEFAULTS.vlm_api_key_env``).
     vlm_api_key: str | None = None
-    #: Processes that decode the rendered views for the image metrics (:mod:`mme3dr.metrics.views`; 0: this one).
+    #: Workers that decode the rendered views for the image metrics: processes on a GPU, threads on the CPU
+    #: (:mod:`mme3dr.metrics.views`; 0: the calling thread).
     decode_workers: int = DEFAULTS.decode_workers
 
     def __post_init__(self) -> None:
