@@ -240,3 +240,21 @@ def test_scoring_libraries_can_be_imported_after_rendering():
             "import torchvision, open_clip\nprint('ok')")
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert res.returncode == 0 and res.stdout.strip() == "ok", res.stderr[-2000:]
+
+
+@pytest.mark.parametrize("channels", [3, 4])
+def test_encode_png_is_lossless_and_carries_its_text(channels):
+    """Pillow, an independent decoder that checks every chunk's CRC, reads back the exact pixels and the text."""
+    import io
+
+    from mme3dr.render.output import encode_png
+
+    rng = np.random.default_rng(channels)
+    pixels = rng.integers(0, 256, (37, 53, 4), dtype=np.uint8)[..., :channels]  # not contiguous for 3 channels
+    pixels[:10] = 0  # a transparent band, as around a rendered object
+    img = Image.open(io.BytesIO(encode_png(pixels, {"mme3dr_preset": "main-0123abcd", "k": "v"})))
+    img.load()
+    assert img.mode == ("RGBA" if channels == 4 else "RGB")
+    np.testing.assert_array_equal(np.asarray(img), pixels)
+    assert img.text == {"mme3dr_preset": "main-0123abcd", "k": "v"}
+    assert Image.open(io.BytesIO(encode_png(pixels))).text == {}

@@ -17,13 +17,15 @@ import math
 import os
 import shutil
 import stat
+import struct
+import zlib
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import imagecodecs
 import numpy as np
 from PIL import Image
-from PIL.PngImagePlugin import PngInfo
 
 from mme3dr import runfiles
 from mme3dr.errors import naming
@@ -62,6 +64,25 @@ def contact_sheet(rgba: np.ndarray, columns: int = 6, tile: int = 256, backgroun
     return sheet
 
 
+def encode_png(pixels: np.ndarray, text: dict[str, str] | None = None) -> bytes:
+    """Lossless PNG of an (H, W, 3 or 4) uint8 array: zlib level 1 with the SUB filter on every row (libpng through
+    imagecodecs), and ``text`` as ``tEXt`` chunks right after the header.
+
+    Pillow chooses a filter per row by trying all five; on 512^2 RGBA views that choice costs more than the
+    compression (11.9 ms per view at level 1 against 5.4 ms here, files about 10% larger). libpng releases the GIL,
+    so views are encoded in threads side by side.
+    """
+    png = imagecodecs.png_encode(np.ascontiguousarray(pixels), level=1, filter=imagecodecs.PNG.FILTER.SUB)
+    chunks = b"".join(_png_chunk(b"tEXt", f"{key}\0{value}".encode("latin-1")) for key, value in (text or {}).items())
+    end_of_header = 8 + 12 + 13  # signature, then IHDR: length, type, 13 bytes of data, CRC
+    return png[:end_of_header] + chunks + png[end_of_header:]
+
+
+def _png_chunk(kind: bytes, data: bytes) -> bytes:
+    """One PNG chunk: big-endian length, type, data, CRC-32 of type and data (PNG spec, section 5.3)."""
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
 def view_names(n: int) -> list[str]:
     return [f"{i:03d}.png" for i in range(n)]
 
@@ -85,18 +106,16 @@ def write_render(folder: Path, out: RenderOutput, preset: RenderPreset, record: 
 def _write_files(tmp: Path, out: RenderOutput, preset: RenderPreset, record: dict[str, Any]) -> dict[str, Any]:
     """The files of one render in the folder ``tmp``, ``render.json`` last (with the size of every other file)."""
     names = view_names(len(out.rgba))
-    info = PngInfo()
-    info.add_text("mme3dr_preset", preset.tag)
-    mode = "RGBA" if preset.background == "transparent" else "RGB"
-    images = [(tmp / name, view if mode == "RGBA" else view[..., :3], mode) for name, view in zip(names, out.rgba)]
+    text = {"mme3dr_preset": preset.tag}
+    channels = 4 if preset.background == "transparent" else 3
+    images = [(tmp / name, view[..., :channels], text) for name, view in zip(names, out.rgba)]
     if out.normals is not None:
-        images += [(tmp / name.replace(".png", "_normal.png"), n, "RGB") for name, n in zip(names, out.normals)]
-    # PNG level 1: lossless, about twice as fast to write as the default; PIL encodes without the GIL, so the views
-    # and the contact sheet are written side by side
+        images += [(tmp / name.replace(".png", "_normal.png"), n, None) for name, n in zip(names, out.normals)]
+    # the encoder runs without the GIL, so the views and the contact sheet are written side by side
     with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
-        sheet = pool.submit(lambda: contact_sheet(out.rgba).save(tmp / runfiles.CONTACT_SHEET, compress_level=1))
-        list(pool.map(lambda job: Image.fromarray(job[1], job[2]).save(job[0], pnginfo=info, compress_level=1),
-                      images))
+        sheet = pool.submit(lambda: (tmp / runfiles.CONTACT_SHEET).write_bytes(
+            encode_png(np.asarray(contact_sheet(out.rgba)))))
+        list(pool.map(lambda job: job[0].write_bytes(encode_png(job[1], job[2])), images))
         sheet.result()
     if out.depth is not None:
         np.savez_compressed(tmp / "depth.npz", depth=out.depth)
