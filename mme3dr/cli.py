@@ -247,7 +247,7 @@ def render(
     up_axis: Annotated[str, typer.Option(help="Up axis of a single mesh file (runs use each record's).")] = DEFAULTS.up_axis,
     depth: Annotated[bool, typer.Option(help="Also write depth.npz.")] = False,
     normals: Annotated[bool, typer.Option(help="Also write NNN_normal.png.")] = False,
-    workers: WorkersOpt = 1, backend: BackendOpt = None,
+    workers: WorkersOpt = DEFAULTS.render_workers, backend: BackendOpt = None,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
 ) -> None:
     """Render multi-view images: a run into RUN/renders/<preset>-<hash>/<prompt_id>/, or one mesh into --out."""
@@ -382,8 +382,9 @@ def evaluate(
     vlm_model: VlmModelOpt = DEFAULTS.vlm_model,
     vlm_server: VlmServerOpt = None,
     workers: Annotated[Optional[int], typer.Option(
-        "--workers", "-j", min=1, help=f"Processes for rendering and for the CPU-only metrics (geometry); default: 1 "
-                                       f"for rendering, {DEFAULTS.score_workers} for geometry.")] = None,
+        "--workers", "-j", min=1, help=f"Processes for rendering and for the CPU-only metrics (geometry); default: "
+                                       f"{DEFAULTS.render_workers} for rendering, {DEFAULTS.score_workers} for "
+                                       f"geometry.")] = None,
     retry_failed: Annotated[bool, typer.Option(help="Generate prompts that failed in an earlier call again.")] = False,
     report: Annotated[bool, typer.Option(help="Write RUN/report/ at the end.")] = True,
     progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
@@ -403,7 +404,7 @@ def evaluate(
     with joined() as ranks:
         summary = run_evaluate(model, out_dir, parse_model_args(model_arg or []), metrics.split(","), reference,
                                category, limit, seed, _preset(preset, resolution=resolution), options, source,
-                               workers or 1, report, progress and ranks.main, retry_failed,
+                               workers or DEFAULTS.render_workers, report, progress and ranks.main, retry_failed,
                                score_workers=workers or DEFAULTS.score_workers, ranks=ranks)
     if not ranks.main:
         return
@@ -479,7 +480,7 @@ def references_build(
              "the objects of that category.")] = None,
     preset: PresetOpt = DEFAULTS.preset,
     up_axis: Annotated[str, typer.Option(help="Up axis of the reference meshes (Toys4K: +z).")] = DEFAULTS.up_axis,
-    workers: WorkersOpt = 1, backend: BackendOpt = None,
+    workers: WorkersOpt = DEFAULTS.render_workers, backend: BackendOpt = None,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
 ) -> None:
     """Render reference meshes with a preset into REF/<preset>-<hash>/ and record them in reference.json."""

@@ -66,7 +66,7 @@ def evaluate(model: str, out: Path | str, model_args: dict[str, Any] | None = No
              metrics: Sequence[str] = DEFAULTS.metrics, reference: Path | str | None = None,
              categories: Sequence[str] | None = None, limit: int | None = None, seed: int = DEFAULTS.seed,
              preset: RenderPreset | None = None, options: ScoreOptions | None = None, source: str | None = None,
-             workers: int = 1, report: bool = True, progress: bool = True,
+             workers: int = DEFAULTS.render_workers, report: bool = True, progress: bool = True,
              retry_failed: bool = False, score_workers: int = DEFAULTS.score_workers,
              ranks: Ranks = Ranks()) -> EvaluationSummary:
     """Run the whole benchmark for one model into ``out`` (see the module docstring). ``workers``: rendering

@@ -77,7 +77,8 @@ def test_geometry_over_two_processes_writes_the_serial_records(tmp_path, monkeyp
 
 
 def test_workers_option_reaches_the_scoring_stage(tmp_path, monkeypatch):
-    """`score -j N` and `evaluate -j N` pass N on; without -j, scoring takes DEFAULTS.score_workers and rendering 1."""
+    """`score -j N` and `evaluate -j N` pass N on; without -j, scoring takes DEFAULTS.score_workers and
+    rendering DEFAULTS.render_workers."""
     from types import SimpleNamespace
 
     from typer.testing import CliRunner
@@ -100,4 +101,33 @@ def test_workers_option_reaches_the_scoring_stage(tmp_path, monkeypatch):
                   "geometry"]):
         res = runner.invoke(app, [str(a) for a in args])
         assert res.exit_code == 0, res.output
-    assert seen == [3, DEFAULTS.score_workers, (3, 3), (1, DEFAULTS.score_workers)]
+    assert seen == [3, DEFAULTS.score_workers, (3, 3), (DEFAULTS.render_workers, DEFAULTS.score_workers)]
+
+
+def test_rendering_processes_default_to_defaults_render_workers(tmp_path, monkeypatch):
+    """Every entry point that renders takes DEFAULTS.render_workers when no -j is given (it was a hard-coded 1)."""
+    import dataclasses
+    import inspect
+    from types import SimpleNamespace
+
+    from typer.testing import CliRunner
+
+    import mme3dr.cli
+    import mme3dr.evaluate
+    from mme3dr.defaults import DEFAULTS
+    from mme3dr.render.jobs import run_jobs
+    from mme3dr.render.references import build_references
+    from mme3dr.render.runs import render_run
+
+    for fn in (run_jobs, render_run, build_references, mme3dr.evaluate.evaluate):
+        assert inspect.signature(fn).parameters["workers"].default == DEFAULTS.render_workers, fn.__name__
+    for command in (mme3dr.cli.render, mme3dr.cli.references_build):  # the options' defaults (`--help`)
+        assert inspect.signature(command).parameters["workers"].default == DEFAULTS.render_workers, command
+    seen = []
+    monkeypatch.setattr(mme3dr.cli, "DEFAULTS", dataclasses.replace(DEFAULTS, render_workers=5))
+    monkeypatch.setattr(mme3dr.evaluate, "evaluate",
+                        lambda *a, **k: seen.append(a[11]) or SimpleNamespace(lines=lambda: []))
+    res = CliRunner().invoke(mme3dr.cli.app, ["evaluate", "--model", "folder", "-a", f"root={tmp_path}", "-o",
+                                              str(tmp_path / "run"), "--metrics", "geometry"])
+    assert res.exit_code == 0, res.output
+    assert seen == [5]

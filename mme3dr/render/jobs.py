@@ -128,7 +128,8 @@ def _work(task: tuple[RenderJob, str | None]) -> RenderJobResult:
     return render_one(job, _worker["preset"], _worker["renderer"], _worker["depth"], _worker["normals"], sha)
 
 
-def run_jobs(jobs: Sequence[RenderJob], preset: RenderPreset, index: Path | None = None, workers: int = 1,
+def run_jobs(jobs: Sequence[RenderJob], preset: RenderPreset, index: Path | None = None,
+             workers: int = DEFAULTS.render_workers,
              backend: str | None = None, depth: bool = False, normals: bool = False, progress: bool = True,
              desc: str = "render", refused: Sequence[RenderJobResult] = ()) -> list[RenderJobResult]:
     """Render every job; each result is appended to ``index`` as soon as it is known (then compacted).
@@ -167,7 +168,7 @@ def run_jobs(jobs: Sequence[RenderJob], preset: RenderPreset, index: Path | None
             record(render_one(job, preset, renderer, depth, normals, sha))
     elif todo:
         # spawn: EGL/OSMesa contexts do not survive fork; spawn_pool keeps the caller's script from running again
-        with spawn_pool(workers, _init_worker, (preset, backend, depth, normals)) as pool:
+        with spawn_pool(min(workers, len(todo)), _init_worker, (preset, backend, depth, normals)) as pool:
             for res in pool.imap_unordered(_work, todo):
                 record(res)
     bar.close()

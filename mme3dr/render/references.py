@@ -138,7 +138,7 @@ def assign_categories(objs: list[dict], category_map: Mapping[str, str] | None) 
 
 def build_references(out: Path | str, preset: RenderPreset, meshes: Path | str | None = None,
                      toys4k: Path | str | None = None, toys4k_csv: Path | str | None = None,
-                     up_axis: str = DEFAULTS.up_axis, workers: int = 1, backend: str | None = None,
+                     up_axis: str = DEFAULTS.up_axis, workers: int = DEFAULTS.render_workers, backend: str | None = None,
                      progress: bool = True,
                      category_map: Path | str | Mapping[str, str] | None = None) -> RenderSummary:
     """Render a reference set with ``preset`` and record it in ``reference.json``.

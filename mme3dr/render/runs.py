@@ -36,7 +36,8 @@ def summarise(folder: Path, results: list[RenderJobResult], not_generated: list[
                          not_generated=not_generated)
 
 
-def render_run(run_dir: Path | str, preset: RenderPreset, cameras: Path | str | None = None, workers: int = 1,
+def render_run(run_dir: Path | str, preset: RenderPreset, cameras: Path | str | None = None,
+               workers: int = DEFAULTS.render_workers,
                backend: str | None = None, depth: bool = False, normals: bool = False,
                progress: bool = True, ranks: Ranks = Ranks()) -> RenderSummary:
     """Render every generated asset of a run into ``RUN/renders/<preset>-<hash>/<prompt_id>/``.
