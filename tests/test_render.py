@@ -252,9 +252,10 @@ def test_encode_png_is_lossless_and_carries_its_text(channels):
     rng = np.random.default_rng(channels)
     pixels = rng.integers(0, 256, (37, 53, 4), dtype=np.uint8)[..., :channels]  # not contiguous for 3 channels
     pixels[:10] = 0  # a transparent band, as around a rendered object
-    img = Image.open(io.BytesIO(encode_png(pixels, {"mme3dr_preset": "main-0123abcd", "k": "v"})))
+    text = {"mme3dr_preset": "main-0123abcd", "k": "Größe", "name": "ваза-0123"}  # the last is not Latin-1
+    img = Image.open(io.BytesIO(encode_png(pixels, text)))
     img.load()
     assert img.mode == ("RGBA" if channels == 4 else "RGB")
     np.testing.assert_array_equal(np.asarray(img), pixels)
-    assert img.text == {"mme3dr_preset": "main-0123abcd", "k": "v"}
+    assert img.text == text
     assert Image.open(io.BytesIO(encode_png(pixels))).text == {}
