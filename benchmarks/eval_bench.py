@@ -222,7 +222,8 @@ def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_shared_options(ap)
     ap.add_argument("--workers", type=int, nargs="+", default=[1, 2], help="geometry worker counts to time")
-    ap.add_argument("--render-workers", "-j", type=int, default=1)
+    ap.add_argument("--render-workers", "-j", type=int, default=None,
+                    help="rendering processes (default: DEFAULTS.render_workers)")
     ap.add_argument("--render-prompts", type=int, default=None,
                     help="render only this many prompts and copy their renders to the others")
     ap.add_argument("--tiny-clip", action="store_true", help="also time the clip stage with the tests' tiny CLIP")
@@ -384,6 +385,7 @@ def main() -> None:
     from mme3dr.report import build_report
     from mme3dr.scoring import score_run
 
+    a.render_workers = a.render_workers or DEFAULTS.render_workers
     preset = get_preset(DEFAULTS.preset).with_overrides(resolution=a.resolution, n_views=a.views)
     result: dict = {"machine": machine(), "prompts": a.prompts, "sphere_subdivisions": a.subdivisions,
                     "views": preset.n_views, "resolution": preset.resolution, "render_workers": a.render_workers,
