@@ -65,15 +65,18 @@ def contact_sheet(rgba: np.ndarray, columns: int = 6, tile: int = 256, backgroun
 
 
 def encode_png(pixels: np.ndarray, text: dict[str, str] | None = None) -> bytes:
-    """Lossless PNG of an (H, W, 3 or 4) uint8 array: zlib level 1 with the SUB filter on every row (libpng through
-    imagecodecs), and ``text`` right after the header: a ``tEXt`` chunk per entry, or ``iTXt`` (UTF-8) for a value
-    that Latin-1, the character set of ``tEXt``, cannot hold.
+    """Lossless PNG of an (H, W, 3 or 4) uint8 array: zlib level 1 with no row filter (filter type 0; libpng
+    through imagecodecs), and ``text`` right after the header: a ``tEXt`` chunk per entry, or ``iTXt`` (UTF-8) for
+    a value that Latin-1, the character set of ``tEXt``, cannot hold.
 
     Pillow chooses a filter per row by trying all five; on 512^2 RGBA views that choice costs more than the
-    compression (11.9 ms per view at level 1 against 5.4 ms here, files about 10% larger). libpng releases the GIL,
-    so views are encoded in threads side by side.
+    compression. Rendered views (flat background, smooth shading) compress about as well unfiltered: on the
+    official renders of the Toys4K rose, 4.8 ms a view against Pillow's 10.9 ms at level 1, 122 kB against 136 kB,
+    and Pillow decodes them in 2.3 ms instead of 2.9 (no filter to undo), which the scoring stage gains back
+    (``benchmarks/write_bench.py``, ``benchmarks/results/write_cpu.json``). libpng releases the GIL, so views are
+    encoded in threads side by side.
     """
-    png = imagecodecs.png_encode(np.ascontiguousarray(pixels), level=1, filter=imagecodecs.PNG.FILTER.SUB)
+    png = imagecodecs.png_encode(np.ascontiguousarray(pixels), level=1, filter=imagecodecs.PNG.FILTER.NONE)
     chunks = b"".join(_text_chunk(key, value) for key, value in (text or {}).items())
     end_of_header = 8 + 12 + 13  # signature, then IHDR: length, type, 13 bytes of data, CRC
     return png[:end_of_header] + chunks + png[end_of_header:]
