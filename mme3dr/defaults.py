@@ -75,9 +75,9 @@ class Defaults:
     #: functions: half the usable CPU cores, at most 8, at least 1. On a GPU the processes are CPU-bound (scene
     #: set-up, read-back, PNG encoding in each process's threads): on the H200 (16 cores) 249 prompts took 90 s in
     #: one process (issue 14's measurement) and 14.9 s with 8 (benchmarks/results/eval_h200.json); 12 and 16 were
-    #: no faster. On a CPU, Mesa's llvmpipe already rasterises on every core: a second process on the 2-core machine
-    #: rendered 20-30% more views a second (benchmarks/results/render_cpu.json), less than the few seconds a pool
-    #: takes to start win back on a small run, so the default there is 1.
+    #: no faster. On a CPU, Mesa's llvmpipe already rasterises on every core; a second process on the 2-core machine
+    #: rendered 20-30% more views a second (benchmarks/results/render_cpu.json). The default there stays 1, as for
+    #: geometry, so a small run does not wait for a pool of processes to start.
     render_workers: int = max(1, min(_usable_cpus() // 2, 8))
     #: Images per forward pass of the image models (CLIP, Inception, DINOv2) on the CPU and on a GPU; a batch spans
     #: prompts (does not change any score). On the H200, 128 ran the three models 12-30% faster than 32
