@@ -328,8 +328,10 @@ def time_image_metrics(a, run: Path, preset, tmp: Path, result: dict, geometry_r
     t = time.perf_counter()  # features now cached: the set-metric arithmetic alone
     score_run(run, sets, preset, ref, opts, progress=False, built=built)
     stages["set_math"] = round(time.perf_counter() - t, 3)
+    result["peak_rss_after_stage_mb"]["set_math"] = _peak_rss_mb()["self"]
     result["set_scores_overall"] = {m: r.overall.value for m, r in s.set_scores.items()}
     result["image_pass_parts"] = image_pass_parts(run, built, opts)
+    result["peak_rss_after_stage_mb"]["image_pass_parts"] = _peak_rss_mb()["self"]
 
 
 def image_pass_parts(run: Path, built, opts) -> dict:

@@ -20,9 +20,10 @@ import re
 import secrets
 import shutil
 import warnings
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from mme3dr.errors import InputError, naming
 
@@ -57,25 +58,32 @@ def _write_all(fd: int, data: bytes) -> None:
         view = view[os.write(fd, view):]
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Replace ``path`` with ``data`` via a temporary file and ``os.replace``: readers see the old file or the new
-    one, never a half-written one; the file gets the usual mode (0o666 less the umask, not ``tempfile``'s private
-    0o600), so reports can be shared. An ``OSError`` (disk full) names ``path`` and leaves no temporary file."""
+@contextmanager
+def atomic_writer(path: Path) -> Iterator[BinaryIO]:
+    """A binary file to write ``path``'s new content to, in pieces; on a clean exit it replaces ``path`` (fsynced,
+    ``os.replace``): readers see the old file or the new one, never a half-written one. The file gets the usual
+    mode (0o666 less the umask, not ``tempfile``'s private 0o600), so reports can be shared. An ``OSError`` (disk
+    full) names ``path``; any error leaves no temporary file and the old ``path`` as it was."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.parent / temp_name(path.name)
     with naming(path):
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
         try:
-            try:
-                _write_all(fd, data)
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+            with os.fdopen(fd, "wb") as f:
+                yield f
+                f.flush()
+                os.fsync(f.fileno())
             os.replace(tmp, path)
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Replace ``path`` with ``data`` through :func:`atomic_writer`."""
+    with atomic_writer(path) as f:
+        f.write(data)
 
 
 def atomic_write_text(path: Path, text: str) -> None:

@@ -21,7 +21,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -44,6 +44,9 @@ from mme3dr.runinfo import read_run_info
 from mme3dr.score_records import (ScoreRecord, SetMetricRecord, SetScore, append_score, keep_latest_scores,
                                   read_scores, read_set_scores, repair_scores, write_set_scores)
 from mme3dr.weights import WeightsCheck
+
+if TYPE_CHECKING:
+    import torch
 
 
 def parse_metrics(text: str | Sequence[str]) -> list[str]:
@@ -553,6 +556,13 @@ def fill_features(sets: SetInputs, extractors: dict[str, Any], options: ScoreOpt
         sets.save()
 
 
+def _on(device: str, x: np.ndarray) -> torch.Tensor:
+    """``x`` as a tensor on ``device`` (sharing its memory on the CPU)."""
+    import torch
+
+    return torch.from_numpy(x).to(device)
+
+
 def score_sets(run_dir: Path, items: list[tuple[ScoreItem, dict | None]], ref_folder: Path, names: Sequence[str],
                preset: RenderPreset, extractors: dict[str, Any], progress: bool = True,
                options: ScoreOptions | None = None, sets: SetInputs | None = None) -> dict[str, SetMetricRecord]:
@@ -567,6 +577,8 @@ def score_sets(run_dir: Path, items: list[tuple[ScoreItem, dict | None]], ref_fo
     when it has none (``reference_subset`` says which). The distances are computed on the scoring device
     (``options.device``; None: :func:`~mme3dr.metrics.features.default_device`, where the image models run).
     """
+    import torch
+
     from mme3dr.metrics.features import default_device
     from mme3dr.metrics.fidelity import ObjectKernel, cap_objects, default_subset_size, fid_by_object, kid_from_features
 
@@ -594,22 +606,24 @@ def score_sets(run_dir: Path, items: list[tuple[ScoreItem, dict | None]], ref_fo
         kind, dist = get_metric(name).extractor, get_metric(name).distance
         if kind not in feats:
             ext = extractors[kind]
-            # float32 as the models computed them; the distances work in float64 on the device
-            gen_feats, ref_feats = sets.caches[kind][0].get(gen_keys), sets.caches[kind][1].get(ref_keys)
-            sets.release(kind)  # the stacked arrays are all that is used from here on
+            # float32 as the models computed them, gathered on the device (the host keeps no copy on a GPU); the
+            # distances work in float64 there
+            gen_cache, ref_cache = sets.caches[kind]
+            gen_feats, ref_feats = gen_cache.get(gen_keys, device), ref_cache.get(ref_keys, device)
+            sets.release(kind)  # the stacked features are all that is used from here on
             width = max(gen_feats.shape[1], ref_feats.shape[1])  # an empty side comes back as (0, 0)
             feats[kind] = (ext.weights_id, gen_feats.reshape(-1, width), ref_feats.reshape(-1, width))
         weights_id, g_all, r_all = feats[kind]
         if dist == "kid" and kind not in kernels:
             labels = np.concatenate([gen_labels, ref_labels])
             rows = np.isin(labels, list(kid_pool))
-            kernels[kind] = ObjectKernel(np.concatenate([g_all, r_all])[rows], labels[rows], device=device)
+            kernels[kind] = ObjectKernel(torch.cat([g_all, r_all])[_on(device, rows)], labels[rows], device=device)
         per_group: dict[str, SetScore] = {}
         for group, gen_ids in tqdm(groups.items(), desc=name, disable=not progress):
             ref_ids = ref_all if group == "overall" or not ref_subsets[group] else ref_subsets[group]
             g_rows, r_rows = np.isin(gen_labels, gen_ids), np.isin(ref_labels, ref_ids)
-            g = g_all if g_rows.all() else g_all[g_rows]  # no copy of the whole set for "overall"
-            r = r_all if r_rows.all() else r_all[r_rows]
+            g = g_all if g_rows.all() else g_all[_on(device, g_rows)]  # no copy of the whole set for "overall"
+            r = r_all if r_rows.all() else r_all[_on(device, r_rows)]
             entry = SetScore("all" if ref_ids is ref_all else group, len(gen_ids), len(g), len(ref_ids), len(r))
             try:
                 if dist == "kid":

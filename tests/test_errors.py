@@ -130,19 +130,17 @@ def test_disk_full_during_an_append_names_the_file_and_the_rerun_finishes(tmp_pa
     assert outcome(run) == outcome(tmp_path / "FULL")
 
 
-def test_disk_full_while_replacing_a_file_leaves_the_old_file(tmp_path, monkeypatch):
+def test_disk_full_while_replacing_a_file_leaves_the_old_file(tmp_path):
+    """A write that fails half-way (the disk fills up) through the atomic writer: the error names the file, the
+    old content stays and no temporary file is left."""
     import mme3dr.jsonl
 
     path = tmp_path / "run.json"
     mme3dr.jsonl.atomic_write_text(path, "old")
-
-    def full_disk(fd, data):
-        os.write(fd, data[:1])
-        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-
-    monkeypatch.setattr(mme3dr.jsonl, "_write_all", full_disk)
     with pytest.raises(OSError) as info:
-        mme3dr.jsonl.atomic_write_text(path, "new")
+        with mme3dr.jsonl.atomic_writer(path) as f:
+            f.write(b"n")
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
     assert info.value.errno == errno.ENOSPC and info.value.filename == str(path)
     assert path.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["run.json"]
 

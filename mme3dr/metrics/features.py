@@ -23,8 +23,9 @@ from __future__ import annotations
 
 import hashlib
 import io
+import zipfile
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -33,7 +34,7 @@ from PIL import Image
 
 from mme3dr.defaults import DEFAULTS
 from mme3dr.errors import InputError
-from mme3dr.jsonl import atomic_write_bytes
+from mme3dr.jsonl import atomic_writer
 from mme3dr.metrics.views import ViewPixels, prepare
 from mme3dr.weights import (MissingWeightsError, UnsafeWeightsError, load_tensors, missing_message,
                             refusing_code, resolve_local)
@@ -209,43 +210,118 @@ def _eval_py_processor():
                image_mean=list(IMAGENET_MEAN), image_std=list(IMAGENET_STD), do_convert_rgb=True)
 
 
+#: Bytes of one storage chunk of a :class:`FeatureCache` (above glibc's largest mmap threshold, 32 MB: each chunk
+#: is its own mapping, handed back to the system whole when the cache is dropped).
+CHUNK_BYTES = 64 << 20
+
+
 class FeatureCache:
     """Features of rendered views, stored in ``folder/<extractor>-<weights hash>.npz`` keyed by view id (float32;
-    a cache written as float64 by an earlier version reads as float32, the precision the models computed)."""
+    a cache written as float64 by an earlier version reads as float32, the precision the models computed).
+
+    Memory: the rows are held once, in chunks of :data:`CHUNK_BYTES` that :meth:`put` fills in turn (after the
+    file's own array); :meth:`save` streams them to the file chunk by chunk and :meth:`get` gathers rows straight
+    into its output (on the host or the device). Neither loading, saving nor reading makes a second copy of the
+    features, so memory grows by the features alone as prompts grow, and the chunks go back to the system when the
+    cache is dropped (small blocks, one per object, stayed in the heap on the H200 run)."""
 
     def __init__(self, folder: Path, extractor: FeatureExtractor) -> None:
         digest = hashlib.sha256(extractor.weights_id.encode()).hexdigest()[:10]
         self.path = Path(folder) / f"{extractor.name}-{digest}.npz"
         self.extractor = extractor
-        self._store: dict[str, np.ndarray] = {}
+        self._blocks: list[np.ndarray] = []  # float32 (capacity, width) each; rows [0, used) hold features
+        self._used: list[int] = []  # rows in use in each block (only the last one is partly filled)
+        self._starts: list[int] = []  # row number of each block's first row
+        self._index: dict[str, int] = {}  # key -> row number
         if self.path.exists():
             with np.load(self.path, allow_pickle=False) as data:
-                self._store = dict(zip(data["keys"].tolist(), data["features"].astype(np.float32)))
+                features = data["features"].astype(np.float32, copy=False)
+                if len(features):
+                    self._index = dict(zip(data["keys"].tolist(), range(len(features))))
+                    self._blocks, self._used, self._starts = [features], [len(features)], [0]
         self._dirty = False
 
+    @property
+    def _rows(self) -> int:
+        return self._starts[-1] + self._used[-1] if self._blocks else 0
+
+    def _append(self, rows: np.ndarray) -> None:
+        """Copy ``rows`` (float32 (n, width)) after the stored ones, into new chunks when the last one is full."""
+        done = 0
+        while done < len(rows):
+            if not self._blocks or self._used[-1] == len(self._blocks[-1]):
+                capacity = max(1, CHUNK_BYTES // max(1, rows.shape[1] * 4))
+                self._starts.append(self._rows)
+                self._blocks.append(np.empty((capacity, rows.shape[1]), np.float32))
+                self._used.append(0)
+            block, used = self._blocks[-1], self._used[-1]
+            n = min(len(rows) - done, len(block) - used)
+            block[used:used + n] = rows[done:done + n]
+            self._used[-1] += n
+            done += n
+
+    def _locate(self, rows: np.ndarray) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """For each block holding some of ``rows``: (that block, positions in ``rows``, rows within the block)."""
+        block_of = np.searchsorted(self._starts, rows, side="right") - 1
+        order = np.argsort(block_of, kind="stable")
+        for group in np.split(order, np.flatnonzero(np.diff(block_of[order])) + 1):
+            if len(group):
+                b = int(block_of[group[0]])
+                yield self._blocks[b], group, rows[group] - self._starts[b]
+
     def missing(self, keys: Sequence[str]) -> list[str]:
-        return [k for k in keys if k not in self._store]
+        return [k for k in keys if k not in self._index]
 
     def put(self, keys: Sequence[str], features: np.ndarray) -> None:
-        """Store one feature row per key (kept in memory until :meth:`save`)."""
-        self._store.update(zip(keys, np.asarray(features, np.float32)))
+        """Store one feature row per key (kept in memory until :meth:`save`); a stored key gets the new row."""
+        features = np.asarray(features, np.float32)
+        if len(keys) != len(features):
+            raise ValueError(f"{len(keys)} keys for {len(features)} feature rows")
+        if self._blocks and features.ndim == 2 and features.shape[1] != self._blocks[0].shape[1]:
+            raise ValueError(f"{self.path}: rows of width {features.shape[1]}, the cache holds width "
+                             f"{self._blocks[0].shape[1]}")
+        old = np.array([i for i, k in enumerate(keys) if k in self._index], int)
+        for block, pos, within in self._locate(np.array([self._index[keys[i]] for i in old], int)):
+            block[within] = features[old[pos]]
+        last = {k: i for i, k in enumerate(keys)}  # a key given twice keeps its last row
+        new = [i for k, i in last.items() if k not in self._index]
+        if new:
+            self._index.update(zip((keys[i] for i in new), range(self._rows, self._rows + len(new))))
+            self._append(features[new])
         self._dirty = True
 
-    def get(self, keys: Sequence[str]) -> np.ndarray:
-        """Features of ``keys``, float32 (len(keys), d); every key must be stored (fill them with the image pass,
+    def get(self, keys: Sequence[str], device: str | torch.device | None = None) -> np.ndarray | torch.Tensor:
+        """Features of ``keys``, float32 (len(keys), d): a numpy array, or with ``device`` a tensor there, filled
+        chunk by chunk (no whole copy on the host first). Every key must be stored (fill them with the image pass,
         :func:`mme3dr.scoring.fill_features`)."""
         missing = self.missing(keys)
         if missing:
             raise KeyError(f"{self.path}: no features for {len(missing)} view(s), e.g. {missing[0]}")
-        return np.stack([self._store[k] for k in keys]) if keys else np.zeros((0, 0), np.float32)
+        width = self._blocks[0].shape[1] if keys else 0
+        if device is None:
+            out = np.empty((len(keys), width), np.float32)
+        else:
+            out = torch.empty((len(keys), width), dtype=torch.float32, device=device)
+        for block, pos, within in self._locate(np.array([self._index[k] for k in keys], int)):
+            if device is None:
+                out[pos] = block[within]
+            else:
+                out[torch.from_numpy(pos).to(out.device)] = torch.from_numpy(block[within]).to(out.device)
+        return out
 
     def save(self) -> None:
-        """Write the cache atomically, when anything was added."""
+        """Write the cache atomically, when anything was added: an ``.npz`` (``keys``, ``features``) whose
+        feature array is written chunk by chunk."""
         if not self._dirty:
             return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        keys = list(self._store)
-        buf = io.BytesIO()
-        np.savez(buf, keys=np.array(keys), features=np.stack([self._store[k] for k in keys]))
-        atomic_write_bytes(self.path, buf.getbuffer())  # a view of the buffer: no second copy of the features
+        keys = sorted(self._index, key=self._index.__getitem__)  # row order
+        header = {"descr": np.lib.format.dtype_to_descr(np.dtype(np.float32)), "fortran_order": False,
+                  "shape": (len(keys), self._blocks[0].shape[1] if self._blocks else 0)}
+        with atomic_writer(self.path) as f, zipfile.ZipFile(f, "w", zipfile.ZIP_STORED, allowZip64=True) as zf:
+            with zf.open("keys.npy", "w", force_zip64=True) as entry:
+                np.lib.format.write_array(entry, np.array(keys), allow_pickle=False)
+            with zf.open("features.npy", "w", force_zip64=True) as entry:
+                np.lib.format.write_array_header_1_0(entry, header)
+                for block, used in zip(self._blocks, self._used):
+                    entry.write(memoryview(block[:used]).cast("B"))
         self._dirty = False

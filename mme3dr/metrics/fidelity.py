@@ -77,6 +77,8 @@ _SUBSET_ELEMENTS = 1 << 22
 _FIT_ROWS = 8192
 
 Device = str | torch.device | None
+#: Feature rows: a numpy array, or a torch tensor (already on the device, where scoring keeps them).
+Features = np.ndarray | torch.Tensor
 
 
 def _device(device: Device) -> torch.device:
@@ -84,12 +86,17 @@ def _device(device: Device) -> torch.device:
     return torch.device("cpu" if device is None else device)
 
 
-def _rows(x: np.ndarray | torch.Tensor, device: Device) -> torch.Tensor:
+def _rows(x: Features, device: Device) -> torch.Tensor:
     """Feature rows on ``device`` in their own float type (float32 stays float32: half the bytes to move and hold;
     other types become float64). The arithmetic converts blocks of them to float64 where it uses them."""
     t = x if isinstance(x, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(x))
     t = t if t.dtype in (torch.float32, torch.float64) else t.to(torch.float64)
     return t.to(_device(device))
+
+
+def _as_rows(x: Features) -> Features:
+    """A tensor as it is, anything else as a numpy array."""
+    return x if isinstance(x, torch.Tensor) else np.asarray(x)
 
 
 def default_subset_size(n_a: int, n_b: int) -> int:
@@ -119,14 +126,16 @@ class ObjectSet:
     ids: np.ndarray  # (O,) object labels, in row order
 
     @classmethod
-    def of(cls, features: np.ndarray, objects: Sequence | np.ndarray, device: Device = None) -> ObjectSet:
-        x = np.asarray(features)
+    def of(cls, features: Features, objects: Sequence | np.ndarray, device: Device = None) -> ObjectSet:
+        """The rows of ``features`` (an array, or a tensor on any device) grouped by object, on ``device``."""
+        x = _rows(features, device)
         labels = np.asarray(objects)
         if x.ndim != 2 or labels.shape != (len(x),):
-            raise ValueError(f"need one object label per feature row: features {x.shape}, labels {labels.shape}")
+            raise ValueError(f"need one object label per feature row: features {tuple(x.shape)}, labels "
+                             f"{labels.shape}")
         ids, inverse = np.unique(labels, return_inverse=True)
         order = np.argsort(inverse, kind="stable")
-        return cls(_rows(x[order], device), np.bincount(inverse, minlength=len(ids)), ids)
+        return cls(x[torch.from_numpy(order).to(x.device)], np.bincount(inverse, minlength=len(ids)), ids)
 
     @property
     def n_objects(self) -> int:
@@ -220,7 +229,7 @@ class ObjectKernel:
     those KIDs is a sub-block of the pool's sums, so the O(views^2) kernel work is done once.
     """
 
-    def __init__(self, features: np.ndarray, objects: Sequence | np.ndarray, degree: int = 3,
+    def __init__(self, features: Features, objects: Sequence | np.ndarray, degree: int = 3,
                  gamma: float | None = None, coef0: float = 1.0, device: Device = None) -> None:
         pool = ObjectSet.of(features, objects, device)
         gamma = 1.0 / pool.features.shape[1] if gamma is None else gamma
@@ -319,7 +328,7 @@ def unbiased_mmd2(x: torch.Tensor, y: torch.Tensor, gamma: float, coef0: float, 
     return within / (m * (m - 1)) - 2 * poly_kernel(x, y, gamma, coef0, degree).sum(dim=(-2, -1)) / (m * m)
 
 
-def kid_from_features(a: np.ndarray, b: np.ndarray, subsets: int = DEFAULTS.kid_pooled_subsets,
+def kid_from_features(a: Features, b: Features, subsets: int = DEFAULTS.kid_pooled_subsets,
                       subset_size: int | None = None, degree: int = 3, gamma: float | None = None,
                       coef0: float = 1.0, seed: int = DEFAULTS.kid_seed, device: Device = None) -> tuple[float, float]:
     """Pooled (paper-style) KID: (mean, std over subsets) of the unbiased MMD^2 with every view an independent
@@ -331,7 +340,7 @@ def kid_from_features(a: np.ndarray, b: np.ndarray, subsets: int = DEFAULTS.kid_
     (:func:`pooled_subsets`), so this is torch-fidelity's ``kid_features_to_metric`` in float64; the std is the
     population one (ddof 0), as there. Computed on ``device``. Biased upwards for multi-view sets; see the module
     docstring. Rank with :func:`kid_by_object`."""
-    a, b = np.asarray(a), np.asarray(b)
+    a, b = _as_rows(a), _as_rows(b)
     subset_size = subset_size or default_subset_size(len(a), len(b))
     _check(a, b, max(2, subset_size))
     gamma = 1.0 / a.shape[1] if gamma is None else gamma
@@ -380,9 +389,9 @@ def frechet_distance(p: GaussianFit, q: GaussianFit) -> float:
     return float((p.mean - q.mean).square().sum() + p.trace + q.trace - 2 * cross)
 
 
-def fid_from_features(a: np.ndarray, b: np.ndarray, device: Device = None) -> float:
+def fid_from_features(a: Features, b: Features, device: Device = None) -> float:
     """Frechet distance between Gaussians fitted to all rows of the two sets, on ``device`` (module docstring)."""
-    a, b = np.asarray(a), np.asarray(b)
+    a, b = _as_rows(a), _as_rows(b)
     _check(a, b, 2)
     return frechet_distance(GaussianFit.of(a, device), GaussianFit.of(b, device))
 
@@ -403,7 +412,7 @@ class FIDEstimate:
     seed: int
 
 
-def fid_by_object(a: np.ndarray, b: np.ndarray, objects_a: Sequence | np.ndarray, objects_b: Sequence | np.ndarray,
+def fid_by_object(a: Features, b: Features, objects_a: Sequence | np.ndarray, objects_b: Sequence | np.ndarray,
                   n_objects: int = DEFAULTS.fid_objects, draws: int = DEFAULTS.fid_draws,
                   seed: int = DEFAULTS.kid_seed, device: Device = None) -> FIDEstimate:
     """FID of ``a`` (generated) against ``b`` (reference) at ``n_objects`` generated objects, on ``device`` (module
