@@ -215,6 +215,18 @@ def _eval_py_processor():
 CHUNK_BYTES = 64 << 20
 
 
+#: Rows of an array: positions, or a slice when they are consecutive.
+Index = np.ndarray | slice
+
+
+def _run(positions: np.ndarray) -> Index:
+    """``positions`` as a slice when they are consecutive and increasing (a copy through a slice is one memcpy)."""
+    n = len(positions)
+    if n and positions[-1] - positions[0] == n - 1 and (n < 2 or bool((np.diff(positions) == 1).all())):
+        return slice(int(positions[0]), int(positions[0]) + n)
+    return positions
+
+
 class FeatureCache:
     """Features of rendered views, stored in ``folder/<extractor>-<weights hash>.npz`` keyed by view id (float32;
     a cache written as float64 by an earlier version reads as float32, the precision the models computed).
@@ -260,14 +272,15 @@ class FeatureCache:
             self._used[-1] += n
             done += n
 
-    def _locate(self, rows: np.ndarray) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-        """For each block holding some of ``rows``: (that block, positions in ``rows``, rows within the block)."""
+    def _locate(self, rows: np.ndarray) -> Iterator[tuple[np.ndarray, Index, Index]]:
+        """For each block holding some of ``rows``: (that block, positions in ``rows``, rows within the block), the
+        two as slices when both are runs of consecutive numbers (keys asked for in stored order: one copy each)."""
         block_of = np.searchsorted(self._starts, rows, side="right") - 1
         order = np.argsort(block_of, kind="stable")
         for group in np.split(order, np.flatnonzero(np.diff(block_of[order])) + 1):
             if len(group):
                 b = int(block_of[group[0]])
-                yield self._blocks[b], group, rows[group] - self._starts[b]
+                yield self._blocks[b], _run(group), _run(rows[group] - self._starts[b])
 
     def missing(self, keys: Sequence[str]) -> list[str]:
         return [k for k in keys if k not in self._index]
@@ -287,7 +300,7 @@ class FeatureCache:
         new = [i for k, i in last.items() if k not in self._index]
         if new:
             self._index.update(zip((keys[i] for i in new), range(self._rows, self._rows + len(new))))
-            self._append(features[new])
+            self._append(features if len(new) == len(features) else features[new])
         self._dirty = True
 
     def get(self, keys: Sequence[str], device: str | torch.device | None = None) -> np.ndarray | torch.Tensor:
@@ -306,7 +319,8 @@ class FeatureCache:
             if device is None:
                 out[pos] = block[within]
             else:
-                out[torch.from_numpy(pos).to(out.device)] = torch.from_numpy(block[within]).to(out.device)
+                at = pos if isinstance(pos, slice) else torch.from_numpy(pos).to(out.device)
+                out[at] = torch.from_numpy(block[within]).to(out.device)
         return out
 
     def save(self) -> None:
