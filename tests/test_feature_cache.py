@@ -56,6 +56,10 @@ def test_round_trip_in_any_key_order_and_a_stored_key_is_replaced(tmp_path, monk
         assert data["keys"].tolist() == [*keys, "new-key"]
     with pytest.raises(KeyError, match="no features for 1 view"):
         again.get(["other"])
+    again.put([keys[1], "later"], np.full((2, WIDTH), 3.0))  # a loaded cache: one row replaced, one added
+    again.save()
+    assert np.array_equal(FeatureCache(tmp_path, _Extractor()).get([keys[0], keys[1], "later", "new-key"]),
+                          np.stack([rows[0], *np.full((2, WIDTH), 3, np.float32), np.full(WIDTH, 7, np.float32)]))
 
 
 def test_saving_and_loading_hold_the_features_once(tmp_path):
